@@ -1,0 +1,119 @@
+"""Square-root Gaussian building blocks shared by the Kalman engines.
+
+Every covariance travels as a lower-triangular factor L (P = L L^T). `tria` re-triangularises a
+wide factor by QR, so no covariance is ever formed and then factorised.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from .._types import Array, Bool, Float
+
+_LOG_2PI = float(jnp.log(2 * jnp.pi))
+
+
+def tria(a: Float[Array, "n k"]) -> Float[Array, "n n"]:
+    """Lower-triangular L with non-negative diagonal and L L^T = a a^T (QR of a^T)."""
+    n, k = a.shape
+    if k < n:
+        a = jnp.concatenate([a, jnp.zeros((n, n - k), a.dtype)], axis=1)
+    lower = jnp.linalg.qr(a.T, mode="r").T
+    sign = jnp.where(jnp.diagonal(lower) < 0, -1.0, 1.0).astype(a.dtype)
+    return lower * sign[None, :]
+
+
+def solve_lower(lower: Float[Array, "n n"], b: Array) -> Array:
+    """lower^{-1} b."""
+    return solve_triangular(lower, b, lower=True)
+
+
+def solve_lower_transposed(lower: Float[Array, "n n"], b: Array) -> Array:
+    """lower^{-T} b."""
+    return solve_triangular(lower, b, lower=True, trans="T")
+
+
+def predict(
+    mean: Float[Array, " D"],
+    chol: Float[Array, "D D"],
+    A: Float[Array, "D D"],
+    b: Float[Array, " D"],
+    chol_Q: Float[Array, "D D"],
+) -> tuple[Float[Array, " D"], Float[Array, "D D"]]:
+    """Moments of A x + b + w for x ~ N(mean, chol chol^T), w ~ N(0, chol_Q chol_Q^T)."""
+    return A @ mean + b, tria(jnp.concatenate([A @ chol, chol_Q], axis=1))
+
+
+class Update(NamedTuple):
+    """The conditioning of x ~ N(mean, L L^T) on one observation y = H x + d + v."""
+
+    mean: Float[Array, " D"]  # posterior mean
+    chol: Float[Array, "D D"]  # posterior factor
+    chol_S: Float[Array, "M M"]  # innovation factor (identity rows on missing entries)
+    gain_factor: Float[Array, "D M"]  # K = gain_factor chol_S^{-1}
+    whitened_residual: Float[Array, " M"]  # chol_S^{-1} (y - H mean - d), zero where missing
+    log_likelihood: Float[Array, ""]  # log N(y_obs; H mean + d, S_obs)
+
+
+def update(
+    mean: Float[Array, " D"],
+    chol: Float[Array, "D D"],
+    H: Float[Array, "M D"],
+    d: Float[Array, " M"],
+    chol_R: Float[Array, "M M"],
+    y: Float[Array, " M"],
+    observed: Bool[Array, " M"],
+) -> Update:
+    """Square-root Kalman update on the observed entries of y (NaN entries are ignored).
+
+    Missing entries get a zero row of H and a unit noise row: the joint factor then describes
+    blockdiag(S_observed, I), which is exact for a correlated R too, with no branch.
+    """
+    M = H.shape[0]
+    D = mean.shape[0]
+    weight = observed.astype(mean.dtype)
+    H = H * weight[:, None]
+    residual = jnp.where(observed, y - H @ mean - d, 0.0)
+    noise = jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1)
+    top = jnp.concatenate([noise, H @ chol], axis=1)
+    bottom = jnp.concatenate([jnp.zeros((D, 2 * M), mean.dtype), chol], axis=1)
+    joint = tria(jnp.concatenate([top, bottom], axis=0))
+    chol_S, gain_factor, chol_post = joint[:M, :M], joint[M:, :M], joint[M:, M:]
+    z = solve_lower(chol_S, residual)
+    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol_S))))
+    log_likelihood = -0.5 * (z @ z) - log_det - 0.5 * jnp.sum(weight) * _LOG_2PI
+    return Update(mean + gain_factor @ z, chol_post, chol_S, gain_factor, z, log_likelihood)
+
+
+class BackwardKernel(NamedTuple):
+    """p(x_t | x_{t+1}, y_{0:t}) = N(gain x_{t+1} + offset, chol chol^T)."""
+
+    gain: Float[Array, "D D"]
+    offset: Float[Array, " D"]
+    chol: Float[Array, "D D"]
+
+
+def backward_kernel(
+    mean: Float[Array, " D"],
+    chol: Float[Array, "D D"],
+    A: Float[Array, "D D"],
+    b: Float[Array, " D"],
+    chol_Q: Float[Array, "D D"],
+) -> BackwardKernel:
+    """The Rauch-Tung-Striebel conditional of x_t given x_{t+1}, from the filter at t."""
+    D = mean.shape[0]
+    joint = tria(
+        jnp.concatenate(
+            [
+                jnp.concatenate([A @ chol, chol_Q], axis=1),
+                jnp.concatenate([chol, jnp.zeros_like(chol)], axis=1),
+            ],
+            axis=0,
+        )
+    )
+    chol_pred, cross, chol_cond = joint[:D, :D], joint[D:, :D], joint[D:, D:]
+    gain = solve_lower_transposed(chol_pred, cross.T).T
+    return BackwardKernel(gain, mean - gain @ (A @ mean + b), chol_cond)

@@ -1,0 +1,90 @@
+"""The Kalman engine: exact inference for linear-Gaussian models, in square-root form."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._types import Array, Float, Key
+from ..data import Observations
+from ..ssm import AbstractLinearGaussianSSM, require_capability
+from ._kalman_parallel import filter_parallel, sample_parallel, smooth_parallel
+from ._kalman_sequential import filter_sequential, sample_sequential, smooth_sequential
+from ._square_root import backward_kernel, tria
+from .results import FilterResult, ForecastResult, SmootherResult
+
+
+def _gram(chols: Float[Array, "T D D"]) -> Float[Array, "T D D"]:
+    return chols @ jnp.swapaxes(chols, -1, -2)
+
+
+class Kalman(eqx.Module):
+    """Exact filtering, smoothing and path sampling for `bs.AbstractLinearGaussianSSM` models.
+
+    Square-root (QR) form throughout. `parallel=True` runs the associative-scan (parallel-in-time)
+    algorithms, O(log T) span on GPU/TPU; `False` runs `lax.scan`; `None` picks sequential on CPU
+    and parallel elsewhere.
+
+    References:
+        Särkkä, S. and García-Fernández, Á. F. (2021). Temporal parallelization of Bayesian
+        smoothers. IEEE Transactions on Automatic Control 66(1).
+        Yaghoobi, F., Corenflos, A., Hassan, S. and Särkkä, S. (2022). Parallel square-root
+        statistical linear regression for inference in nonlinear state space models.
+    """
+
+    parallel: bool | None = None
+
+    is_random = False
+
+    def check(self, model) -> None:
+        require_capability(model, AbstractLinearGaussianSSM, "bs.Kalman")
+        if self.parallel not in (None, True, False):
+            raise ValueError(f"Kalman(parallel=...) must be None, True or False, got {self.parallel!r}.")
+
+    def _use_parallel(self) -> bool:
+        if self.parallel is None:
+            return jax.default_backend() != "cpu"
+        return self.parallel
+
+    def filter(self, model: AbstractLinearGaussianSSM, data: Observations, key: Key | None = None) -> FilterResult:
+        run = filter_parallel if self._use_parallel() else filter_sequential
+        means, chols, lls, pred_means, pred_chols = run(model, data)
+        return FilterResult(means, _gram(chols), chols, jnp.sum(lls), lls, pred_means, pred_chols)
+
+    def _kernels(self, model, data: Observations, filtered: FilterResult):
+        steps = jax.tree.map(lambda a: a[:-1], data.steps)
+
+        def kernel(mean, chol, step):
+            return backward_kernel(mean, chol, *model.transition_params(step))
+
+        return jax.vmap(kernel)(filtered.means[:-1], filtered.chols[:-1], steps)
+
+    def smooth(self, model, data: Observations, key: Key | None = None) -> SmootherResult:
+        filtered = self.filter(model, data)
+        kernels = self._kernels(model, data, filtered)
+        run = smooth_parallel if self._use_parallel() else smooth_sequential
+        means, chols = run(kernels, filtered.means[-1], filtered.chols[-1])
+        return SmootherResult(means, _gram(chols), chols, filtered.log_marginal, filtered)
+
+    def sample_posterior(self, model, data: Observations, key: Key, num_samples: int = 1) -> Float[Array, "S T D"]:
+        filtered = self.filter(model, data)
+        kernels = self._kernels(model, data, filtered)
+        run = sample_parallel if self._use_parallel() else sample_sequential
+        return run(key, kernels, filtered.means[-1], filtered.chols[-1], num_samples)
+
+    def log_marginal(self, model, data: Observations, key: Key | None = None) -> Float[Array, ""]:
+        return self.filter(model, data).log_marginal
+
+    def forecast(self, model, data: Observations, key: Key | None, num_steps: int) -> ForecastResult:
+        """`data` ends with `num_steps` unobserved steps; their filtered moments are the forecast."""
+        filtered = self.filter(model, data)
+        means, chols = filtered.means[-num_steps:], filtered.chols[-num_steps:]
+        steps = jax.tree.map(lambda a: a[-num_steps:], data.steps)
+
+        def observe(mean, chol, step):
+            H, d, chol_R = model.emission_params(step)
+            return H @ mean + d, tria(jnp.concatenate([H @ chol, chol_R], axis=1))
+
+        obs_means, obs_chols = jax.vmap(observe)(means, chols, steps)
+        return ForecastResult(means, _gram(chols), obs_means, _gram(obs_chols))

@@ -1,0 +1,5 @@
+"""Model families. Models only describe; they never run inference."""
+
+from .linear_gaussian import LinearGaussianSSM
+
+__all__ = ["LinearGaussianSSM"]

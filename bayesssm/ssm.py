@@ -1,0 +1,145 @@
+"""The model protocol: a model describes, an engine infers.
+
+A model is an `equinox.Module` whose array leaves are its parameters. It gives three distributions
+(distrax): p(x_0), p(x_{t+1} | x_t) and p(y_t | x_t). Extra structure that exact engines need is a
+capability class the model also inherits; engines ask for it with `require_capability`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import distrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._types import Array, Float, Int, Key
+
+
+class StepInputs(NamedTuple):
+    """What an engine hands a model at step t.
+
+    Attributes:
+        index: the step t (an integer scalar).
+        control: the control input u_t, or None.
+        dt: time to the next step, t_{t+1} - t_t, for models on irregular times; None otherwise.
+    """
+
+    index: Int[Array, ""]
+    control: Float[Array, " U"] | None = None
+    dt: Float[Array, ""] | None = None
+
+
+class AbstractSSM(eqx.Module):
+    r"""A state-space model $x_0 \sim p(x_0)$, $x_{t+1} \sim p(\cdot \mid x_t)$, $y_t \sim p(\cdot \mid x_t)$.
+
+    Subclasses give three distrax distributions. `inputs` is the `StepInputs` of the step the
+    distribution belongs to (for `transition`, the step the state moves *from*); user models may
+    ignore it.
+    """
+
+    @abc.abstractmethod
+    def initial(self, inputs: StepInputs | None = None) -> distrax.Distribution:
+        """p(x_0)."""
+
+    @abc.abstractmethod
+    def transition(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        """p(x_{t+1} | x_t = x)."""
+
+    @abc.abstractmethod
+    def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        """p(y_t | x_t = x)."""
+
+    def check_data(
+        self, num_timesteps: int, obs_dim: int, controls: Float[Array, "T U"] | None
+    ) -> None:
+        """Raise a ValueError if data of this shape cannot go with this model (default: accept)."""
+
+    def sample(
+        self, key: Key, num_timesteps: int, inputs: Float[Array, "T U"] | None = None
+    ) -> tuple[Array, Array]:
+        """Draw a latent path and observations: x of shape (T, ...), y of shape (T, ...)."""
+        if not isinstance(num_timesteps, int) or num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}.")
+        steps = step_inputs(num_timesteps, inputs)
+        first = jax.tree.map(lambda a: a[0], steps)
+        key0, key_emit0, key_rest = jax.random.split(key, 3)
+        x0 = self.initial(first).sample(seed=key0)
+        y0 = self.emission(x0, first).sample(seed=key_emit0)
+
+        def step(x, args):
+            key_t, prev, here = args
+            key_move, key_emit = jax.random.split(key_t)
+            x_new = self.transition(x, prev).sample(seed=key_move)
+            return x_new, (x_new, self.emission(x_new, here).sample(seed=key_emit))
+
+        prev = jax.tree.map(lambda a: a[:-1], steps)
+        here = jax.tree.map(lambda a: a[1:], steps)
+        keys = jax.random.split(key_rest, num_timesteps - 1)
+        _, (xs, ys) = jax.lax.scan(step, x0, (keys, prev, here))
+        return jnp.concatenate([x0[None], xs]), jnp.concatenate([y0[None], ys])
+
+
+def step_inputs(
+    num_timesteps: int,
+    controls: Float[Array, "T U"] | None = None,
+    dts: Float[Array, " T"] | None = None,
+) -> StepInputs:
+    """`StepInputs` for every step, stacked along a leading T axis."""
+    return StepInputs(index=jnp.arange(num_timesteps), control=controls, dt=dts)
+
+
+class AbstractLinearGaussianSSM(AbstractSSM):
+    r"""Capability: affine-Gaussian transition and emission, in square-root form. Kalman engines need it.
+
+    $x_0 \sim N(m_0, L_0 L_0^\top)$, $x_{t+1} = A_t x_t + b_t + w_t$, $w_t \sim N(0, L_{Q,t} L_{Q,t}^\top)$,
+    $y_t = H_t x_t + d_t + v_t$, $v_t \sim N(0, L_{R,t} L_{R,t}^\top)$.
+
+    Subclasses give the three `*_params` methods for one step (`inputs.index` is t; control inputs
+    and time gaps arrive in `inputs` too). The generic distributions are derived from them, so
+    particle engines run on a linear-Gaussian model unchanged.
+    """
+
+    @abc.abstractmethod
+    def initial_params(self, inputs: StepInputs) -> tuple[Float[Array, " D"], Float[Array, "D D"]]:
+        """(m_0, chol P_0)."""
+
+    @abc.abstractmethod
+    def transition_params(
+        self, inputs: StepInputs
+    ) -> tuple[Float[Array, "D D"], Float[Array, " D"], Float[Array, "D D"]]:
+        """(A_t, b_t, chol Q_t) of the move from step t to t + 1."""
+
+    @abc.abstractmethod
+    def emission_params(
+        self, inputs: StepInputs
+    ) -> tuple[Float[Array, "M D"], Float[Array, " M"], Float[Array, "M M"]]:
+        """(H_t, d_t, chol R_t) at step t."""
+
+    def initial(self, inputs: StepInputs | None = None) -> distrax.Distribution:
+        m0, chol_P0 = self.initial_params(_or_first(inputs))
+        return distrax.MultivariateNormalTri(m0, chol_P0)
+
+    def transition(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        A, b, chol_Q = self.transition_params(_or_first(inputs))
+        return distrax.MultivariateNormalTri(A @ x + b, chol_Q)
+
+    def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        H, d, chol_R = self.emission_params(_or_first(inputs))
+        return distrax.MultivariateNormalTri(H @ x + d, chol_R)
+
+
+def _or_first(inputs: StepInputs | None) -> StepInputs:
+    return StepInputs(index=jnp.asarray(0)) if inputs is None else inputs
+
+
+def require_capability(model, capability: type, engine_name: str) -> None:
+    """Raise a TypeError naming what is missing when `model` lacks `capability`."""
+    if not isinstance(model, capability):
+        raise TypeError(
+            f"{engine_name} needs a model that is a {capability.__name__}, but got "
+            f"{type(model).__name__}. Use an engine for general models (e.g. bs.ParticleFilter) or "
+            f"subclass {capability.__name__} and implement its methods."
+        )
