@@ -1,8 +1,8 @@
 """bayesssm: probabilistic state-space models in JAX.
 
-    import bayesssm as bs
-    model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
-    smoothed = bs.smooth(model, y)
+import bayesssm as bs
+model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
+smoothed = bs.smooth(model, y)
 """
 
 from . import inference, models, params

@@ -31,7 +31,9 @@ def check_covariance(name: str, value) -> None:
     """Symmetric positive semi-definite, on the last two axes."""
     shape = np.shape(value)
     if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(f"{name} must be a square covariance matrix (..., n, n), got shape {shape}.")
+        raise ValueError(
+            f"{name} must be a square covariance matrix (..., n, n), got shape {shape}."
+        )
     if not is_concrete(value):
         return
     check_finite(name, value)

@@ -50,7 +50,9 @@ def _run(engine, verb: str, model, data, key, *args):
     return getattr(engine, verb)(model, data, key, *args)
 
 
-def filter(model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None) -> FilterResult:
+def filter(
+    model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None
+) -> FilterResult:
     """Filtering distributions p(x_t | y_{0:t}) and the log-likelihood.
 
     Args:
@@ -67,13 +69,17 @@ def filter(model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs
     return _run(engine, "filter", model, data, key)
 
 
-def smooth(model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None) -> SmootherResult:
+def smooth(
+    model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None
+) -> SmootherResult:
     """Smoothing distributions p(x_t | y_{0:T-1}): `means` (T, D), `covs` (T, D, D), `log_marginal`."""
     engine, data = _setup(model, y, engine, key, inputs)
     return _run(engine, "smooth", model, data, key)
 
 
-def log_marginal(model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None) -> Float[Array, ""]:
+def log_marginal(
+    model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None
+) -> Float[Array, ""]:
     """log p(y_{0:T-1}); differentiable with respect to the model for exact engines."""
     engine, data = _setup(model, y, engine, key, inputs)
     return _run(engine, "log_marginal", model, data, key)

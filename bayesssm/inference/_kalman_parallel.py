@@ -140,7 +140,5 @@ def sample_parallel(
         (gain_l, shift_l), (gain_e, shift_e) = later, earlier
         return gain_e @ gain_l, shift_l @ gain_e.T + shift_e
 
-    _, paths = jax.lax.associative_scan(
-        jax.vmap(compose), (full.gain, shifts), reverse=True
-    )
+    _, paths = jax.lax.associative_scan(jax.vmap(compose), (full.gain, shifts), reverse=True)
     return jnp.swapaxes(paths, 0, 1)

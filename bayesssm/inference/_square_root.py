@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
@@ -21,9 +22,36 @@ def tria(a: Float[Array, "n k"]) -> Float[Array, "n n"]:
     n, k = a.shape
     if k < n:
         a = jnp.concatenate([a, jnp.zeros((n, n - k), a.dtype)], axis=1)
+    return _tria(a)
+
+
+@jax.custom_jvp
+def _tria(a: Float[Array, "n k"]) -> Float[Array, "n n"]:
     lower = jnp.linalg.qr(a.T, mode="r").T
     sign = jnp.where(jnp.diagonal(lower) < 0, -1.0, 1.0).astype(a.dtype)
     return lower * sign[None, :]
+
+
+@_tria.defjvp
+def _tria_jvp(primals, tangents):
+    # QR's own derivative divides by R's diagonal, so it is NaN whenever a a^T is singular, which
+    # square-root filters meet structurally (rank-M information factors, singular P0). Here L is
+    # differentiated as the Cholesky factor of a a^T; a zero pivot (a direction the factor does
+    # not span) is given a unit pivot for the solves and zero derivative, which is exact when the
+    # rank is locally constant, as it is in these structural cases.
+    (a,), (da,) = primals, tangents
+    lower = _tria(a)
+    n = lower.shape[0]
+    pivots = jnp.abs(jnp.diagonal(lower))
+    tol = 10 * n * jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(lower))
+    degenerate = pivots <= tol
+    safe = lower + jnp.diag(degenerate.astype(a.dtype))
+    d_gram = da @ a.T
+    d_gram = d_gram + d_gram.T
+    x = solve_lower(safe, solve_lower(safe, d_gram).T).T  # safe^{-1} dS safe^{-T}
+    phi = jnp.tril(x, -1) + 0.5 * jnp.diag(jnp.diagonal(x))
+    d_lower = jnp.where(degenerate[None, :], 0.0, safe @ phi)
+    return lower, d_lower
 
 
 def solve_lower(lower: Float[Array, "n n"], b: Array) -> Array:

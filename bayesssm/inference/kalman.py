@@ -40,14 +40,18 @@ class Kalman(eqx.Module):
     def check(self, model) -> None:
         require_capability(model, AbstractLinearGaussianSSM, "bs.Kalman")
         if self.parallel not in (None, True, False):
-            raise ValueError(f"Kalman(parallel=...) must be None, True or False, got {self.parallel!r}.")
+            raise ValueError(
+                f"Kalman(parallel=...) must be None, True or False, got {self.parallel!r}."
+            )
 
     def _use_parallel(self) -> bool:
         if self.parallel is None:
             return jax.default_backend() != "cpu"
         return self.parallel
 
-    def filter(self, model: AbstractLinearGaussianSSM, data: Observations, key: Key | None = None) -> FilterResult:
+    def filter(
+        self, model: AbstractLinearGaussianSSM, data: Observations, key: Key | None = None
+    ) -> FilterResult:
         run = filter_parallel if self._use_parallel() else filter_sequential
         means, chols, lls, pred_means, pred_chols = run(model, data)
         return FilterResult(means, _gram(chols), chols, jnp.sum(lls), lls, pred_means, pred_chols)
@@ -67,7 +71,9 @@ class Kalman(eqx.Module):
         means, chols = run(kernels, filtered.means[-1], filtered.chols[-1])
         return SmootherResult(means, _gram(chols), chols, filtered.log_marginal, filtered)
 
-    def sample_posterior(self, model, data: Observations, key: Key, num_samples: int = 1) -> Float[Array, "S T D"]:
+    def sample_posterior(
+        self, model, data: Observations, key: Key, num_samples: int = 1
+    ) -> Float[Array, "S T D"]:
         filtered = self.filter(model, data)
         kernels = self._kernels(model, data, filtered)
         run = sample_parallel if self._use_parallel() else sample_sequential
@@ -76,7 +82,9 @@ class Kalman(eqx.Module):
     def log_marginal(self, model, data: Observations, key: Key | None = None) -> Float[Array, ""]:
         return self.filter(model, data).log_marginal
 
-    def forecast(self, model, data: Observations, key: Key | None, num_steps: int) -> ForecastResult:
+    def forecast(
+        self, model, data: Observations, key: Key | None, num_steps: int
+    ) -> ForecastResult:
         """`data` ends with `num_steps` unobserved steps; their filtered moments are the forecast."""
         filtered = self.filter(model, data)
         means, chols = filtered.means[-num_steps:], filtered.chols[-num_steps:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_covariance, check_finite, check_shape, is_concrete
+from .._checks import check_covariance, check_finite, check_shape
 from .._types import Array, ArrayLike, Float
 from ..params import Covariance
 from ..ssm import AbstractLinearGaussianSSM, StepInputs
