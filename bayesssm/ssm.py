@@ -33,7 +33,8 @@ class StepInputs(NamedTuple):
 
 
 class AbstractSSM(eqx.Module):
-    r"""A state-space model $x_0 \sim p(x_0)$, $x_{t+1} \sim p(\cdot \mid x_t)$, $y_t \sim p(\cdot \mid x_t)$.
+    r"""A state-space model: $x_0 \sim p(x_0)$, $x_{t+1} \sim p(\cdot \mid x_t)$,
+    $y_t \sim p(\cdot \mid x_t)$.
 
     Subclasses give three distrax distributions. `inputs` is the `StepInputs` of the step the
     distribution belongs to (for `transition`, the step the state moves *from*); user models may
@@ -92,9 +93,12 @@ def step_inputs(
 
 
 class AbstractLinearGaussianSSM(AbstractSSM):
-    r"""Capability: affine-Gaussian transition and emission, in square-root form. Kalman engines need it.
+    r"""Capability: affine-Gaussian transition and emission, in square-root form.
 
-    $x_0 \sim N(m_0, L_0 L_0^\top)$, $x_{t+1} = A_t x_t + b_t + w_t$, $w_t \sim N(0, L_{Q,t} L_{Q,t}^\top)$,
+    Kalman engines need it.
+
+    $x_0 \sim N(m_0, L_0 L_0^\top)$, $x_{t+1} = A_t x_t + b_t + w_t$,
+    $w_t \sim N(0, L_{Q,t} L_{Q,t}^\top)$,
     $y_t = H_t x_t + d_t + v_t$, $v_t \sim N(0, L_{R,t} L_{R,t}^\top)$.
 
     Subclasses give the three `*_params` methods for one step (`inputs.index` is t; control inputs

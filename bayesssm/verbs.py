@@ -72,7 +72,7 @@ def filter(
 def smooth(
     model: AbstractSSM, y, *, engine=None, key: Key | None = None, inputs=None
 ) -> SmootherResult:
-    """Smoothing distributions p(x_t | y_{0:T-1}): `means` (T, D), `covs` (T, D, D), `log_marginal`."""
+    """Smoothing distributions p(x_t | y_{0:T-1}): `means` (T, D), `covs` (T, D, D), and more."""
     engine, data = _setup(model, y, engine, key, inputs)
     return _run(engine, "smooth", model, data, key)
 

@@ -85,7 +85,7 @@ class Kalman(eqx.Module):
     def forecast(
         self, model, data: Observations, key: Key | None, num_steps: int
     ) -> ForecastResult:
-        """`data` ends with `num_steps` unobserved steps; their filtered moments are the forecast."""
+        """`data` ends with `num_steps` unobserved steps; their filter is the forecast."""
         filtered = self.filter(model, data)
         means, chols = filtered.means[-num_steps:], filtered.chols[-num_steps:]
         steps = jax.tree.map(lambda a: a[-num_steps:], data.steps)
