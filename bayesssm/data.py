@@ -28,45 +28,60 @@ class Observations(eqx.Module):
         return jax.tree.map(lambda a: a[t], self.steps)
 
 
-def prepare(
-    model: AbstractSSM,
-    y,
-    inputs=None,
-    extra_steps: int = 0,
-    dtype=None,
-) -> Observations:
-    """Validate y (T, M) or (T,) against `model` and build `Observations`.
+def check_observations(model: AbstractSSM, y, inputs=None, extra_steps: int = 0):
+    """Validate y (T, M) or (T,) and control inputs against `model`, in Python, before tracing.
 
-    `extra_steps` appends that many unobserved steps (for forecasting); `inputs` must then cover
-    them too.
+    Returns y as a 2-D array (unchanged otherwise) and the inputs. Value checks (inf, all-NaN) run
+    when y holds values; under a transformation they are skipped, shapes are still checked.
     """
-    y = jnp.asarray(y) if dtype is None else jnp.asarray(y, dtype)
-    if not jnp.issubdtype(y.dtype, jnp.floating):
-        y = y.astype(jnp.result_type(float))
-    if y.ndim == 1:
-        y = y[:, None]
-    elif y.ndim != 2:
-        raise ValueError(
-            f"y must have shape (T, M), or (T,) for scalar observations; got {tuple(y.shape)}."
-        )
-    if y.shape[0] < 1:
+    shape = tuple(np.shape(y))
+    if len(shape) == 1:
+        y = y[:, None] if hasattr(y, "ndim") else np.asarray(y)[:, None]
+    elif len(shape) != 2:
+        raise ValueError(f"y must have shape (T, M), or (T,) for scalar observations; got {shape}.")
+    if np.shape(y)[0] < 1:
         raise ValueError("y must have at least one time step.")
     if is_concrete(y):
         values = np.asarray(y)
-        if np.any(np.isinf(values)):
-            raise ValueError("y has infinite entries; mark missing values with NaN instead.")
-        if np.all(np.isnan(values)):
-            raise ValueError("y is all NaN: there is nothing to condition on.")
-    total = y.shape[0] + extra_steps
+        if not np.issubdtype(values.dtype, np.number):
+            raise ValueError(f"y must hold numbers, got dtype {values.dtype}.")
+        if np.issubdtype(values.dtype, np.floating):
+            if np.isinf(values).any():
+                raise ValueError("y has infinite entries; mark missing values with NaN instead.")
+            if np.isnan(values).all():
+                raise ValueError("y is all NaN: there is nothing to condition on.")
+    total = np.shape(y)[0] + extra_steps
     if inputs is not None:
-        inputs = jnp.asarray(inputs, y.dtype)
-        if inputs.ndim == 1:
+        if np.ndim(inputs) != 2:
             raise ValueError(
-                f"inputs must have shape (T, U) with T = {total}, got {tuple(inputs.shape)}."
+                f"inputs must have shape (T, U) with T = {total}, got {tuple(np.shape(inputs))}."
             )
         check_finite("inputs", inputs)
-    model.check_data(total, y.shape[1], inputs)
+    model.check_data(total, np.shape(y)[1], inputs)
+    return y, inputs
+
+
+def observations(y, inputs=None, extra_steps: int = 0, dtype=None) -> Observations:
+    """`Observations` from checked y (T, M) and inputs; runs inside jit.
+
+    `extra_steps` appends that many unobserved steps (for forecasting).
+    """
+    y = jnp.asarray(y, dtype)
     if extra_steps:
         y = jnp.concatenate([y, jnp.full((extra_steps, y.shape[1]), jnp.nan, y.dtype)])
     observed = ~jnp.isnan(y)
-    return Observations(jnp.where(observed, y, 0.0), observed, step_inputs(total, inputs))
+    controls = None if inputs is None else jnp.asarray(inputs, y.dtype)
+    return Observations(jnp.where(observed, y, 0.0), observed, step_inputs(y.shape[0], controls))
+
+
+def prepare(model: AbstractSSM, y, inputs=None, extra_steps: int = 0, dtype=None) -> Observations:
+    """Check, then build `Observations` (for use outside the verbs)."""
+    y, inputs = check_observations(model, y, inputs, extra_steps)
+    return observations(y, inputs, extra_steps, dtype or model_dtype(model))
+
+
+def model_dtype(model) -> jnp.dtype:
+    """The floating dtype of the model's parameters (the default float if it has none)."""
+    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
+        return leaf.dtype
+    return jnp.result_type(float)

@@ -122,6 +122,14 @@ class AbstractLinearGaussianSSM(AbstractSSM):
     ) -> tuple[Float[Array, "M D"], Float[Array, " M"], Float[Array, "M M"]]:
         """(H_t, d_t, chol R_t) at step t."""
 
+    @property
+    def time_invariant_factors(self) -> bool:
+        """True when A, chol Q, H and chol R do not depend on the step (b, d and controls may).
+
+        Engines then know the covariance recursion reaches a steady state and may exploit it.
+        """
+        return False
+
     def initial(self, inputs: StepInputs | None = None) -> distrax.Distribution:
         m0, chol_P0 = self.initial_params(_or_first(inputs))
         return distrax.MultivariateNormalTri(m0, chol_P0)

@@ -8,11 +8,9 @@ user's `jax.jit` or `jax.vmap`.
 from __future__ import annotations
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 
 from ._types import Array, Float, Key
-from .data import prepare
+from .data import check_observations, model_dtype, observations
 from .inference.kalman import Kalman
 from .inference.results import FilterResult, ForecastResult, SmootherResult
 from .ssm import AbstractLinearGaussianSSM, AbstractSSM
@@ -35,18 +33,14 @@ def _setup(model, y, engine, key, inputs, extra_steps=0):
     engine.check(model)
     if engine.is_random and key is None:
         raise ValueError(f"{type(engine).__name__} is random: pass key=jax.random.key(...).")
-    data = prepare(model, y, inputs, extra_steps=extra_steps, dtype=_model_dtype(model))
-    return engine, data
-
-
-def _model_dtype(model):
-    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
-        return leaf.dtype
-    return jnp.result_type(float)
+    y, inputs = check_observations(model, y, inputs, extra_steps)
+    return engine, (y, inputs, extra_steps)
 
 
 @eqx.filter_jit
-def _run(engine, verb: str, model, data, key, *args):
+def _run(engine, verb: str, model, raw, key, *args):
+    y, inputs, extra_steps = raw
+    data = observations(y, inputs, extra_steps, model_dtype(model))
     return getattr(engine, verb)(model, data, key, *args)
 
 

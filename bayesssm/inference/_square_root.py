@@ -86,6 +86,42 @@ class Update(NamedTuple):
     log_likelihood: Float[Array, ""]  # log N(y_obs; H mean + d, S_obs)
 
 
+class UpdateFactors(NamedTuple):
+    """The data-free part of an update: it depends on which entries are observed, not on y."""
+
+    chol: Float[Array, "D D"]  # posterior factor
+    chol_S: Float[Array, "M M"]  # innovation factor (identity rows on missing entries)
+    gain_factor: Float[Array, "D M"]  # K = gain_factor chol_S^{-1}
+
+
+def update_factors(
+    chol: Float[Array, "D D"],
+    H: Float[Array, "M D"],
+    chol_R: Float[Array, "M M"],
+    observed: Bool[Array, " M"],
+) -> UpdateFactors:
+    """Square-root update of the covariance by one QR of the joint factor of (y, x).
+
+    Missing entries get a zero row of H and a unit noise row: the joint factor then describes
+    blockdiag(S_observed, I), which is exact for a correlated R too, with no branch.
+    """
+    M, D = H.shape
+    weight = observed.astype(chol.dtype)
+    noise = jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1)
+    top = jnp.concatenate([noise, (H * weight[:, None]) @ chol], axis=1)
+    bottom = jnp.concatenate([jnp.zeros((D, 2 * M), chol.dtype), chol], axis=1)
+    joint = tria(jnp.concatenate([top, bottom], axis=0))
+    return UpdateFactors(joint[M:, M:], joint[:M, :M], joint[M:, :M])
+
+
+def innovation_log_likelihood(
+    z: Float[Array, " M"], chol_S: Float[Array, "M M"], observed: Bool[Array, " M"]
+) -> Float[Array, ""]:
+    """log N(y_obs; prediction, S_obs) from the whitened residual z (zero where missing)."""
+    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol_S))))
+    return -0.5 * (z @ z) - log_det - 0.5 * jnp.sum(observed) * _LOG_2PI
+
+
 def update(
     mean: Float[Array, " D"],
     chol: Float[Array, "D D"],
@@ -95,25 +131,20 @@ def update(
     y: Float[Array, " M"],
     observed: Bool[Array, " M"],
 ) -> Update:
-    """Square-root Kalman update on the observed entries of y (NaN entries are ignored).
-
-    Missing entries get a zero row of H and a unit noise row: the joint factor then describes
-    blockdiag(S_observed, I), which is exact for a correlated R too, with no branch.
-    """
-    M = H.shape[0]
-    D = mean.shape[0]
-    weight = observed.astype(mean.dtype)
-    H = H * weight[:, None]
+    """Square-root Kalman update on the observed entries of y (entries where `observed` is
+    False are ignored)."""
+    factors = update_factors(chol, H, chol_R, observed)
     residual = jnp.where(observed, y - H @ mean - d, 0.0)
-    noise = jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1)
-    top = jnp.concatenate([noise, H @ chol], axis=1)
-    bottom = jnp.concatenate([jnp.zeros((D, 2 * M), mean.dtype), chol], axis=1)
-    joint = tria(jnp.concatenate([top, bottom], axis=0))
-    chol_S, gain_factor, chol_post = joint[:M, :M], joint[M:, :M], joint[M:, M:]
-    z = solve_lower(chol_S, residual)
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol_S))))
-    log_likelihood = -0.5 * (z @ z) - log_det - 0.5 * jnp.sum(weight) * _LOG_2PI
-    return Update(mean + gain_factor @ z, chol_post, chol_S, gain_factor, z, log_likelihood)
+    z = solve_lower(factors.chol_S, residual)
+    log_likelihood = innovation_log_likelihood(z, factors.chol_S, observed)
+    return Update(
+        mean + factors.gain_factor @ z,
+        factors.chol,
+        factors.chol_S,
+        factors.gain_factor,
+        z,
+        log_likelihood,
+    )
 
 
 class BackwardKernel(NamedTuple):

@@ -160,6 +160,15 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
                 return value.shape[0]
         return None
 
+    @property
+    def time_invariant_factors(self) -> bool:
+        return (
+            self.A.ndim == 2
+            and self.H.ndim == 2
+            and self.Q.unconstrained.ndim == 2
+            and self.R.unconstrained.ndim == 2
+        )
+
     def check_data(self, num_timesteps: int, obs_dim: int, controls) -> None:
         if obs_dim != self.obs_dim:
             raise ValueError(

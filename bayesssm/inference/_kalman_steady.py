@@ -1,0 +1,188 @@
+"""A faster exact sequential filter for models whose A, chol Q, H, chol R do not depend on t.
+
+The covariance recursion of a Kalman filter does not look at the data, only at which entries are
+observed. So it runs first, on its own, and stops once the factors have converged (to a few ulps)
+and every later row is fully observed; the data then pass through a cheap affine recursion with
+the stored gains. Under `jax.vmap` over series that share a model and a missingness pattern, the
+covariance recursion runs once for the whole batch. Results equal the plain filter's to rounding.
+
+Both shortcuts are for evaluation only: derivatives are those of the plain `lax.scan` filter
+(`jax.custom_jvp`), which is differentiable end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
+
+from .._types import Array, Bool
+from ..data import Observations
+from ..ssm import AbstractLinearGaussianSSM
+from ._square_root import innovation_log_likelihood, solve_lower, tria, update_factors
+
+# Factors count as converged when a step changes them by less than this many ulps of their scale.
+_CONVERGED_ULPS = 64
+
+
+def _covariance_pass(
+    model: AbstractLinearGaussianSSM, data: Observations, observed: Bool[Array, "T M"]
+):
+    """Per-step filter factors, computed until they stop changing, then held."""
+    T, M = observed.shape
+    step = data.step(0)
+    m0, chol_P0 = model.initial_params(step)
+    A, _, chol_Q = model.transition_params(step)
+    H, _, chol_R = model.emission_params(step)
+    D = m0.shape[0]
+    dtype = m0.dtype
+    eye_M = jnp.eye(M, dtype=dtype)
+
+    def factors(chol_pred, observed_t):
+        f = update_factors(chol_pred, H, chol_R, observed_t)
+        log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(f.chol_S))))
+        return f.chol, solve_lower(f.chol_S, eye_M), f.gain_factor, log_det
+
+    def write(buffers, t, values):
+        return tuple(b.at[t].set(v) for b, v in zip(buffers, values, strict=True))
+
+    buffers = (
+        jnp.zeros((T, D, D), dtype),  # filtered factor
+        jnp.zeros((T, D, D), dtype),  # predicted factor
+        jnp.zeros((T, M, M), dtype),  # chol_S^{-1}
+        jnp.zeros((T, D, M), dtype),  # gain factor
+        jnp.zeros((T,), dtype),  # log det chol_S
+    )
+    chol0, whiten0, gain0, log_det0 = factors(chol_P0, observed[0])
+    buffers = write(buffers, 0, (chol0, chol_P0, whiten0, gain0, log_det0))
+    missing_rows = ~jnp.all(observed, axis=1)
+    last_missing = jnp.max(jnp.where(missing_rows, jnp.arange(T), -1))
+    tol = _CONVERGED_ULPS * jnp.finfo(dtype).eps
+
+    def keep_going(state):
+        t, _, done, _ = state
+        return (t < T) & ~done
+
+    def step_once(state):
+        t, chol_prev, _, buffers = state
+        chol_pred = tria(jnp.concatenate([A @ chol_prev, chol_Q], axis=1))
+        chol, whiten, gain, log_det = factors(chol_pred, observed[t])
+        buffers = write(buffers, t, (chol, chol_pred, whiten, gain, log_det))
+        change = jnp.max(jnp.abs(chol - chol_prev))
+        converged = change <= tol * jnp.max(jnp.abs(chol))
+        return t + 1, chol, converged & (t > last_missing), buffers
+
+    t_end, _, _, buffers = jax.lax.while_loop(
+        keep_going, step_once, (jnp.asarray(1), chol0, jnp.asarray(False), buffers)
+    )
+    # Steps after the last computed one repeat its (converged) factors.
+    held = jnp.minimum(jnp.arange(T), t_end - 1)
+    return tuple(b[held] for b in buffers)
+
+
+def _mean_pass(model, data: Observations, whiten, gain, log_det):
+    """The data-dependent part: an affine recursion with the stored gains."""
+    step0 = data.step(0)
+    m0, _ = model.initial_params(step0)
+
+    def correct(mean_pred, step, y, observed, whiten_t, gain_t, log_det_t):
+        H, d, _ = model.emission_params(step)
+        z = whiten_t @ jnp.where(observed, y - H @ mean_pred - d, 0.0)
+        ll = (
+            -0.5 * (z @ z)
+            - log_det_t
+            + innovation_log_likelihood(
+                jnp.zeros_like(z), jnp.eye(z.shape[0], dtype=z.dtype), observed
+            )
+        )
+        return mean_pred + gain_t @ z, ll
+
+    mean0, ll0 = correct(
+        m0, step0, data.values[0], data.observed[0], whiten[0], gain[0], log_det[0]
+    )
+
+    def body(mean, args):
+        prev, here, y, observed, whiten_t, gain_t, log_det_t = args
+        A, b, _ = model.transition_params(prev)
+        mean_pred = A @ mean + b
+        mean, ll = correct(mean_pred, here, y, observed, whiten_t, gain_t, log_det_t)
+        return mean, (mean, ll, mean_pred)
+
+    prev = jax.tree.map(lambda a: a[:-1], data.steps)
+    here = jax.tree.map(lambda a: a[1:], data.steps)
+    xs = (prev, here, data.values[1:], data.observed[1:], whiten[1:], gain[1:], log_det[1:])
+    _, (means, lls, mean_preds) = jax.lax.scan(body, mean0, xs)
+    cat = lambda h, r: jnp.concatenate([h[None], r])  # noqa: E731
+    return cat(mean0, means), cat(ll0, lls), cat(m0, mean_preds)
+
+
+def _two_pass(model, data: Observations):
+    chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, data, data.observed)
+    means, lls, mean_preds = _mean_pass(model, data, whiten, gain, log_det)
+    return means, chols, lls, mean_preds, chol_preds
+
+
+def _shared_covariance_batch(model, data: Observations, data_axes: Observations):
+    """A batch of series on one model and one missingness pattern: one covariance pass."""
+    first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
+    chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, first, first.observed)
+    means, lls, mean_preds = jax.vmap(
+        lambda d: _mean_pass(model, d, whiten, gain, log_det), in_axes=(data_axes,)
+    )(data)
+    batch = means.shape[0]
+    spread = lambda x: jnp.broadcast_to(x, (batch, *x.shape))  # noqa: E731
+    return means, spread(chols), lls, mean_preds, spread(chol_preds)
+
+
+def steady_filter(plain: Callable, model, data: Observations):
+    """`plain(model, data)`'s outputs by the two-pass shortcut; derivatives are `plain`'s."""
+    dynamic, static = eqx.partition((model, data), eqx.is_array)
+
+    def call(fn, dyn):
+        return fn(*eqx.combine(dyn, static))
+
+    @custom_vmap
+    def fast(dyn):
+        return call(_two_pass, dyn)
+
+    @fast.def_vmap
+    def fast_batched(axis_size, in_batched, dyn):
+        (axes,) = jax.tree.map(lambda b: 0 if b else None, in_batched)
+        model_axes, data_axes = axes
+        out_batched = (True,) * 5
+
+        def everywhere(dyn):
+            return jax.vmap(lambda d: call(_two_pass, d), in_axes=(axes,))(dyn)
+
+        if any(a == 0 for a in jax.tree.leaves(model_axes)):
+            return everywhere(dyn), out_batched
+
+        def shared(dyn):
+            model, data = eqx.combine(dyn, static)
+            return _shared_covariance_batch(model, data, data_axes)
+
+        if data_axes.observed is None:
+            return shared(dyn), out_batched
+        observed = dyn[1].observed
+        same_pattern = jnp.all(observed == observed[:1])
+        return jax.lax.cond(same_pattern, shared, everywhere, dyn), out_batched
+
+    @jax.custom_jvp
+    def evaluate(dyn):
+        return fast(dyn)
+
+    @evaluate.defjvp
+    def evaluate_jvp(primals, tangents):
+        return jax.jvp(lambda d: call(plain, d), primals, tangents)
+
+    return evaluate(dynamic)
+
+
+def has_time_invariant_factors(model) -> bool:
+    return bool(getattr(model, "time_invariant_factors", False))
+
+
+__all__ = ["has_time_invariant_factors", "steady_filter"]
