@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from .._types import Array, Float, Key
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM
-from ._kalman_steady import has_time_invariant_factors, steady_filter
 from ._square_root import BackwardKernel, predict, tria, update
 
 
@@ -20,14 +19,8 @@ def _first_update(model: AbstractLinearGaussianSSM, data: Observations):
 
 
 def filter_sequential(model: AbstractLinearGaussianSSM, data: Observations):
-    """Filtered means and factors, per-step log-likelihoods and predicted moments."""
-    if has_time_invariant_factors(model):
-        return steady_filter(filter_scan, model, data)
-    return filter_scan(model, data)
-
-
-def filter_scan(model: AbstractLinearGaussianSSM, data: Observations):
-    """The plain square-root filter: one predict and one update per step, in `lax.scan`."""
+    """The square-root filter, one predict and one update per step in `lax.scan`: filtered means
+    and factors, per-step log-likelihoods and predicted moments."""
     m0, chol_P0, first = _first_update(model, data)
 
     def step(carry, args):

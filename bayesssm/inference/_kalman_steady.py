@@ -22,7 +22,13 @@ from jax.custom_batching import custom_vmap
 from .._types import Array, Bool
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM
-from ._square_root import innovation_log_likelihood, solve_lower, tria, update_factors
+from ._square_root import (
+    innovation_log_likelihood,
+    log_abs_det,
+    solve_lower,
+    tria,
+    update_factors,
+)
 
 # Factors count as converged when a step changes them by less than this many ulps of their scale.
 _CONVERGED_ULPS = 64
@@ -43,8 +49,7 @@ def _covariance_pass(
 
     def factors(chol_pred, observed_t):
         f = update_factors(chol_pred, H, chol_R, observed_t)
-        log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(f.chol_S))))
-        return f.chol, solve_lower(f.chol_S, eye_M), f.gain_factor, log_det
+        return f.chol, solve_lower(f.chol_S, eye_M), f.gain_factor, log_abs_det(f.chol_S)
 
     def write(buffers, t, values):
         return tuple(b.at[t].set(v) for b, v in zip(buffers, values, strict=True))
@@ -83,22 +88,15 @@ def _covariance_pass(
     return tuple(b[held] for b in buffers)
 
 
-def _mean_pass(model, data: Observations, whiten, gain, log_det):
-    """The data-dependent part: an affine recursion with the stored gains."""
+def _mean_pass_sequential(model, data: Observations, whiten, gain, log_det):
+    """The data-dependent part, step by step: predict, then correct with the stored gain."""
     step0 = data.step(0)
     m0, _ = model.initial_params(step0)
 
     def correct(mean_pred, step, y, observed, whiten_t, gain_t, log_det_t):
         H, d, _ = model.emission_params(step)
         z = whiten_t @ jnp.where(observed, y - H @ mean_pred - d, 0.0)
-        ll = (
-            -0.5 * (z @ z)
-            - log_det_t
-            + innovation_log_likelihood(
-                jnp.zeros_like(z), jnp.eye(z.shape[0], dtype=z.dtype), observed
-            )
-        )
-        return mean_pred + gain_t @ z, ll
+        return mean_pred + gain_t @ z, innovation_log_likelihood(z, log_det_t, observed)
 
     mean0, ll0 = correct(
         m0, step0, data.values[0], data.observed[0], whiten[0], gain[0], log_det[0]
@@ -111,42 +109,101 @@ def _mean_pass(model, data: Observations, whiten, gain, log_det):
         mean, ll = correct(mean_pred, here, y, observed, whiten_t, gain_t, log_det_t)
         return mean, (mean, ll, mean_pred)
 
-    prev = jax.tree.map(lambda a: a[:-1], data.steps)
-    here = jax.tree.map(lambda a: a[1:], data.steps)
-    xs = (prev, here, data.values[1:], data.observed[1:], whiten[1:], gain[1:], log_det[1:])
+    xs = (*_shifted_steps(data), data.values[1:], data.observed[1:])
+    xs = (*xs, whiten[1:], gain[1:], log_det[1:])
     _, (means, lls, mean_preds) = jax.lax.scan(body, mean0, xs)
-    cat = lambda h, r: jnp.concatenate([h[None], r])  # noqa: E731
-    return cat(mean0, means), cat(ll0, lls), cat(m0, mean_preds)
+    return _cat(mean0, means), _cat(ll0, lls), _cat(m0, mean_preds)
 
 
-def _two_pass(model, data: Observations):
+def _mean_pass_parallel(model, data: Observations, whiten, gain, log_det):
+    """The data-dependent part in O(log T) span.
+
+    The filtered means solve m_t = (I - K_t H_t) (A m_{t-1} + b_t) + K_t (y_t - d_t): an
+    associative scan over affine maps.
+    """
+    step0 = data.step(0)
+    m0, _ = model.initial_params(step0)
+    H0, d0, _ = model.emission_params(step0)
+    residual0 = jnp.where(data.observed[0], data.values[0] - H0 @ m0 - d0, 0.0)
+    mean0 = m0 + gain[0] @ (whiten[0] @ residual0)
+
+    def affine_map(prev, here, y, observed, whiten_t, gain_t):
+        A, b, _ = model.transition_params(prev)
+        H, d, _ = model.emission_params(here)
+        K = gain_t @ whiten_t
+        I_KH = jnp.eye(A.shape[0], dtype=A.dtype) - K @ (H * observed[:, None])
+        return I_KH @ A, I_KH @ b + K @ jnp.where(observed, y - d, 0.0)
+
+    prev, here = _shifted_steps(data)
+    F, c = jax.vmap(affine_map)(
+        prev, here, data.values[1:], data.observed[1:], whiten[1:], gain[1:]
+    )
+    F, c = _cat(jnp.zeros_like(F[0]), F), _cat(mean0, c)
+
+    def compose(earlier, later):
+        return later[0] @ earlier[0], later[0] @ earlier[1] + later[1]
+
+    _, means = jax.lax.associative_scan(jax.vmap(compose), (F, c))
+
+    def innovation(mean_prev, prev, here, y, observed, whiten_t, log_det_t):
+        A, b, _ = model.transition_params(prev)
+        H, d, _ = model.emission_params(here)
+        mean_pred = A @ mean_prev + b
+        z = whiten_t @ jnp.where(observed, y - H @ mean_pred - d, 0.0)
+        return mean_pred, innovation_log_likelihood(z, log_det_t, observed)
+
+    mean_preds, lls = jax.vmap(innovation)(
+        means[:-1], prev, here, data.values[1:], data.observed[1:], whiten[1:], log_det[1:]
+    )
+    ll0 = innovation_log_likelihood(whiten[0] @ residual0, log_det[0], data.observed[0])
+    return means, _cat(ll0, lls), _cat(m0, mean_preds)
+
+
+def _shifted_steps(data: Observations):
+    """The inputs of steps 0..T-2 (transitions out of them) and of steps 1..T-1."""
+    return (
+        jax.tree.map(lambda a: a[:-1], data.steps),
+        jax.tree.map(lambda a: a[1:], data.steps),
+    )
+
+
+def _cat(head, rest):
+    return jnp.concatenate([head[None], rest])
+
+
+def _two_pass(model, data: Observations, parallel: bool):
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, data, data.observed)
-    means, lls, mean_preds = _mean_pass(model, data, whiten, gain, log_det)
+    mean_pass = _mean_pass_parallel if parallel else _mean_pass_sequential
+    means, lls, mean_preds = mean_pass(model, data, whiten, gain, log_det)
     return means, chols, lls, mean_preds, chol_preds
 
 
-def _shared_covariance_batch(model, data: Observations, data_axes: Observations):
+def _shared_covariance_batch(model, data: Observations, data_axes: Observations, parallel: bool):
     """A batch of series on one model and one missingness pattern: one covariance pass."""
     first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, first, first.observed)
+    mean_pass = _mean_pass_parallel if parallel else _mean_pass_sequential
     means, lls, mean_preds = jax.vmap(
-        lambda d: _mean_pass(model, d, whiten, gain, log_det), in_axes=(data_axes,)
+        lambda d: mean_pass(model, d, whiten, gain, log_det), in_axes=(data_axes,)
     )(data)
     batch = means.shape[0]
     spread = lambda x: jnp.broadcast_to(x, (batch, *x.shape))  # noqa: E731
     return means, spread(chols), lls, mean_preds, spread(chol_preds)
 
 
-def steady_filter(plain: Callable, model, data: Observations):
+def steady_filter(plain: Callable, model, data: Observations, parallel: bool = False):
     """`plain(model, data)`'s outputs by the two-pass shortcut; derivatives are `plain`'s."""
     dynamic, static = eqx.partition((model, data), eqx.is_array)
 
     def call(fn, dyn):
         return fn(*eqx.combine(dyn, static))
 
+    def two_pass(model, data):
+        return _two_pass(model, data, parallel)
+
     @custom_vmap
     def fast(dyn):
-        return call(_two_pass, dyn)
+        return call(two_pass, dyn)
 
     @fast.def_vmap
     def fast_batched(axis_size, in_batched, dyn):
@@ -155,14 +212,14 @@ def steady_filter(plain: Callable, model, data: Observations):
         out_batched = (True,) * 5
 
         def everywhere(dyn):
-            return jax.vmap(lambda d: call(_two_pass, d), in_axes=(axes,))(dyn)
+            return jax.vmap(lambda d: call(two_pass, d), in_axes=(axes,))(dyn)
 
         if any(a == 0 for a in jax.tree.leaves(model_axes)):
             return everywhere(dyn), out_batched
 
         def shared(dyn):
             model, data = eqx.combine(dyn, static)
-            return _shared_covariance_batch(model, data, data_axes)
+            return _shared_covariance_batch(model, data, data_axes, parallel)
 
         if data_axes.observed is None:
             return shared(dyn), out_batched
@@ -179,10 +236,3 @@ def steady_filter(plain: Callable, model, data: Observations):
         return jax.jvp(lambda d: call(plain, d), primals, tangents)
 
     return evaluate(dynamic)
-
-
-def has_time_invariant_factors(model) -> bool:
-    return bool(getattr(model, "time_invariant_factors", False))
-
-
-__all__ = ["has_time_invariant_factors", "steady_filter"]

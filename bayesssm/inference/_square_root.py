@@ -114,12 +114,17 @@ def update_factors(
     return UpdateFactors(joint[M:, M:], joint[:M, :M], joint[M:, :M])
 
 
+def log_abs_det(chol: Float[Array, "n n"]) -> Float[Array, ""]:
+    """log |det chol| of a triangular factor."""
+    return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol))))
+
+
 def innovation_log_likelihood(
-    z: Float[Array, " M"], chol_S: Float[Array, "M M"], observed: Bool[Array, " M"]
+    z: Float[Array, " M"], log_det_S: Float[Array, ""], observed: Bool[Array, " M"]
 ) -> Float[Array, ""]:
-    """log N(y_obs; prediction, S_obs) from the whitened residual z (zero where missing)."""
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(chol_S))))
-    return -0.5 * (z @ z) - log_det - 0.5 * jnp.sum(observed) * _LOG_2PI
+    """log N(y_obs; prediction, S_obs) from the whitened residual z (zero where missing) and
+    log |det chol_S| (whose missing rows are unit rows)."""
+    return -0.5 * (z @ z) - log_det_S - 0.5 * jnp.sum(observed) * _LOG_2PI
 
 
 def update(
@@ -136,7 +141,7 @@ def update(
     factors = update_factors(chol, H, chol_R, observed)
     residual = jnp.where(observed, y - H @ mean - d, 0.0)
     z = solve_lower(factors.chol_S, residual)
-    log_likelihood = innovation_log_likelihood(z, factors.chol_S, observed)
+    log_likelihood = innovation_log_likelihood(z, log_abs_det(factors.chol_S), observed)
     return Update(
         mean + factors.gain_factor @ z,
         factors.chol,
