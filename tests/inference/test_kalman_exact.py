@@ -24,11 +24,19 @@ import bayesssm as bs
 
 RTOL = 1e-8
 
+# On time-invariant models the default engines take the steady-state shortcut; the
+# `full` ones run the square-root recursion at every step, so both code paths are checked.
 ENGINES = {
     "sequential": bs.Kalman(parallel=False),
     "parallel": bs.Kalman(parallel=True),
+    "sequential-full": bs.Kalman(parallel=False, steady_state=False),
+    "parallel-full": bs.Kalman(parallel=True, steady_state=False),
 }
 engines = pytest.mark.parametrize("engine", list(ENGINES.values()), ids=list(ENGINES))
+# Time-varying models never take the shortcut: the two default engines cover them.
+tv_engines = pytest.mark.parametrize(
+    "engine", [ENGINES["sequential"], ENGINES["parallel"]], ids=["sequential", "parallel"]
+)
 
 
 def assert_close(actual, expected, name: str = "", rtol: float = RTOL) -> None:
@@ -263,7 +271,7 @@ def test_missing_data_matches_statsmodels(engine, long_params, long_y):
 # -- time-varying model (A, Q, H, R, b, d with a leading T axis, and controls) -----------------
 
 
-@engines
+@tv_engines
 def test_time_varying_matches_statsmodels(engine, tv_params, tv_inputs, tv_y):
     params = first_steps(tv_params, T_SMALL)
     inputs = tv_inputs[:T_SMALL]
@@ -299,7 +307,7 @@ def test_time_varying_uses_the_transition_out_of_each_step(tv_params, tv_inputs,
 # -- the dense oracle: small T, time-varying, controls, missing entries -----------------------
 
 
-@engines
+@tv_engines
 def test_dense_oracle_filter_smoother_likelihood(engine, tv_params, tv_inputs, tv_y):
     params = first_steps(tv_params, T_SMALL)
     inputs = tv_inputs[:T_SMALL]
@@ -329,7 +337,7 @@ def test_dense_oracle_log_marginal_verb(tv_params, tv_inputs, tv_y):
     assert_close(ll, dense.smooth(tv_y, **params, inputs=inputs).log_likelihood, "log_marginal")
 
 
-@engines
+@tv_engines
 def test_dense_oracle_forecast(engine, tv_params, tv_inputs, tv_y):
     """Forecast K steps past T with a time-varying model and inputs that cover T + K steps."""
     model = bs.LinearGaussianSSM(**tv_params)
@@ -406,7 +414,7 @@ def test_singular_P0_matches_statsmodels(engine, long_params, long_y):
     check_against_statsmodels(smoothed, statsmodels_kalman(y, **params))
 
 
-@engines
+@tv_engines
 def test_singular_P0_matches_dense_oracle(engine, tv_params, tv_inputs, tv_y):
     """A rank-one P0 that is not axis-aligned, on the time-varying model with controls."""
     v = np.array([1.0, -2.0, 0.5])
