@@ -88,38 +88,11 @@ def _covariance_pass(
     return tuple(b[held] for b in buffers)
 
 
-def _mean_pass_sequential(model, data: Observations, whiten, gain, log_det):
-    """The data-dependent part, step by step: predict, then correct with the stored gain."""
-    step0 = data.step(0)
-    m0, _ = model.initial_params(step0)
-
-    def correct(mean_pred, step, y, observed, whiten_t, gain_t, log_det_t):
-        H, d, _ = model.emission_params(step)
-        z = whiten_t @ jnp.where(observed, y - H @ mean_pred - d, 0.0)
-        return mean_pred + gain_t @ z, innovation_log_likelihood(z, log_det_t, observed)
-
-    mean0, ll0 = correct(
-        m0, step0, data.values[0], data.observed[0], whiten[0], gain[0], log_det[0]
-    )
-
-    def body(mean, args):
-        prev, here, y, observed, whiten_t, gain_t, log_det_t = args
-        A, b, _ = model.transition_params(prev)
-        mean_pred = A @ mean + b
-        mean, ll = correct(mean_pred, here, y, observed, whiten_t, gain_t, log_det_t)
-        return mean, (mean, ll, mean_pred)
-
-    xs = (*_shifted_steps(data), data.values[1:], data.observed[1:])
-    xs = (*xs, whiten[1:], gain[1:], log_det[1:])
-    _, (means, lls, mean_preds) = jax.lax.scan(body, mean0, xs)
-    return _cat(mean0, means), _cat(ll0, lls), _cat(m0, mean_preds)
-
-
-def _mean_pass_parallel(model, data: Observations, whiten, gain, log_det):
-    """The data-dependent part in O(log T) span.
-
-    The filtered means solve m_t = (I - K_t H_t) (A m_{t-1} + b_t) + K_t (y_t - d_t): an
-    associative scan over affine maps.
+def _mean_pass(model, data: Observations, whiten, gain, log_det, parallel: bool):
+    """The data-dependent part: with the gains fixed, the filtered means solve the affine
+    recursion m_t = (I - K_t H_t)(A m_{t-1} + b_t) + K_t (y_t - d_t). Its maps are built for all
+    steps at once; the recursion is a `lax.scan` (sequential) or an associative scan over affine
+    maps (parallel, O(log T) span); the likelihood terms are again computed for all steps at once.
     """
     step0 = data.step(0)
     m0, _ = model.initial_params(step0)
@@ -138,12 +111,21 @@ def _mean_pass_parallel(model, data: Observations, whiten, gain, log_det):
     F, c = jax.vmap(affine_map)(
         prev, here, data.values[1:], data.observed[1:], whiten[1:], gain[1:]
     )
-    F, c = _cat(jnp.zeros_like(F[0]), F), _cat(mean0, c)
+    if parallel:
 
-    def compose(earlier, later):
-        return later[0] @ earlier[0], later[0] @ earlier[1] + later[1]
+        def compose(earlier, later):
+            return later[0] @ earlier[0], later[0] @ earlier[1] + later[1]
 
-    _, means = jax.lax.associative_scan(jax.vmap(compose), (F, c))
+        elements = (_cat(jnp.zeros_like(F[0]), F), _cat(mean0, c))
+        _, means = jax.lax.associative_scan(jax.vmap(compose), elements)
+    else:
+
+        def step(mean, map_t):
+            mean = map_t[0] @ mean + map_t[1]
+            return mean, mean
+
+        _, rest = jax.lax.scan(step, mean0, (F, c))
+        means = _cat(mean0, rest)
 
     def innovation(mean_prev, prev, here, y, observed, whiten_t, log_det_t):
         A, b, _ = model.transition_params(prev)
@@ -173,8 +155,7 @@ def _cat(head, rest):
 
 def _two_pass(model, data: Observations, parallel: bool):
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, data, data.observed)
-    mean_pass = _mean_pass_parallel if parallel else _mean_pass_sequential
-    means, lls, mean_preds = mean_pass(model, data, whiten, gain, log_det)
+    means, lls, mean_preds = _mean_pass(model, data, whiten, gain, log_det, parallel)
     return means, chols, lls, mean_preds, chol_preds
 
 
@@ -182,9 +163,8 @@ def _shared_covariance_batch(model, data: Observations, data_axes: Observations,
     """A batch of series on one model and one missingness pattern: one covariance pass."""
     first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, first, first.observed)
-    mean_pass = _mean_pass_parallel if parallel else _mean_pass_sequential
     means, lls, mean_preds = jax.vmap(
-        lambda d: mean_pass(model, d, whiten, gain, log_det), in_axes=(data_axes,)
+        lambda d: _mean_pass(model, d, whiten, gain, log_det, parallel), in_axes=(data_axes,)
     )(data)
     batch = means.shape[0]
     spread = lambda x: jnp.broadcast_to(x, (batch, *x.shape))  # noqa: E731
