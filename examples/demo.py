@@ -5,11 +5,15 @@ with the exact square-root Kalman engine, prints the log-likelihood and writes a
 smoothed states with 95% bands to demo.png (or the path given as the first argument).
 """
 
+import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import matplotlib
+# Works around a deadlock in XLA's CPU scheduler (jax 0.10.2); see README, "Known issues".
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

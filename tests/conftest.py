@@ -1,5 +1,16 @@
-"""Tests run in float64 (the library itself never changes JAX's global configuration)."""
+"""Tests run in float64 (the library itself never changes JAX's global configuration).
 
-import jax
+XLA's concurrency-optimised CPU scheduler (jax 0.10.2) can deadlock on programs with many batched
+LAPACK QR calls, such as the parallel Kalman filter at T ~ 1e4: every thread idles and the call
+never returns. It is switched off here, before JAX starts; README says how users do the same.
+"""
+
+import os
+
+_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
