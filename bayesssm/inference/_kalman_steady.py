@@ -88,29 +88,34 @@ def _covariance_pass(
     return tuple(b[held] for b in buffers)
 
 
-def _mean_pass(model, data: Observations, whiten, gain, log_det, parallel: bool):
-    """The data-dependent part: with the gains fixed, the filtered means solve the affine
-    recursion m_t = (I - K_t H_t)(A m_{t-1} + b_t) + K_t (y_t - d_t). Its maps are built for all
-    steps at once; the recursion is a `lax.scan` (sequential) or an associative scan over affine
-    maps (parallel, O(log T) span); the likelihood terms are again computed for all steps at once.
-    """
-    step0 = data.step(0)
-    m0, _ = model.initial_params(step0)
-    H0, d0, _ = model.emission_params(step0)
-    residual0 = jnp.where(data.observed[0], data.values[0] - H0 @ m0 - d0, 0.0)
-    mean0 = m0 + gain[0] @ (whiten[0] @ residual0)
+def _gain_matrices(model, data: Observations, observed, whiten, gain):
+    """The data-free matrices of the mean recursion, for every step: K_t, H_t with missing rows
+    zeroed, A_t, P_t = I - K_t H_t and F_t = P_t A_t (the last two for t >= 1)."""
+    prev, _ = _shifted_steps(data)
 
-    def affine_map(prev, here, y, observed, whiten_t, gain_t):
-        A, b, _ = model.transition_params(prev)
-        H, d, _ = model.emission_params(here)
-        K = gain_t @ whiten_t
-        I_KH = jnp.eye(A.shape[0], dtype=A.dtype) - K @ (H * observed[:, None])
-        return I_KH @ A, I_KH @ b + K @ jnp.where(observed, y - d, 0.0)
+    def at_step(step, observed_t, whiten_t, gain_t):
+        H, _, _ = model.emission_params(step)
+        return gain_t @ whiten_t, H * observed_t[:, None]
 
-    prev, here = _shifted_steps(data)
-    F, c = jax.vmap(affine_map)(
-        prev, here, data.values[1:], data.observed[1:], whiten[1:], gain[1:]
-    )
+    K, H = jax.vmap(at_step)(data.steps, observed, whiten, gain)
+    A = jax.vmap(lambda step: model.transition_params(step)[0])(prev)
+    P = jnp.eye(A.shape[-1], dtype=A.dtype) - K[1:] @ H[1:]
+    return K, H, A, P, P @ A
+
+
+def _mean_pass(model, data: Observations, matrices, whiten, log_det, parallel: bool):
+    """The data-dependent part. With the gains fixed, the filtered means solve the affine
+    recursion m_t = F_t m_{t-1} + P_t b_t + K_t (y_t - d_t): a `lax.scan` (sequential) or an
+    associative scan over affine maps (parallel, O(log T) span). Everything else is computed for
+    all steps at once, and under `vmap` over series with shared gains it is a batched product."""
+    K, H, A, P, F = matrices
+    prev, _ = _shifted_steps(data)
+    b = jax.vmap(lambda step: model.transition_params(step)[1])(prev)
+    d = jax.vmap(lambda step: model.emission_params(step)[1])(data.steps)
+    y = jnp.where(data.observed, data.values - d, 0.0)
+    m0, _ = model.initial_params(data.step(0))
+    mean0 = m0 + K[0] @ (y[0] - H[0] @ m0)
+    c = jnp.einsum("tij,tj->ti", P, b) + jnp.einsum("tij,tj->ti", K[1:], y[1:])
     if parallel:
 
         def compose(earlier, later):
@@ -120,25 +125,16 @@ def _mean_pass(model, data: Observations, whiten, gain, log_det, parallel: bool)
         _, means = jax.lax.associative_scan(jax.vmap(compose), elements)
     else:
 
-        def step(mean, map_t):
-            mean = map_t[0] @ mean + map_t[1]
+        def step(mean, affine):
+            mean = affine[0] @ mean + affine[1]
             return mean, mean
 
         _, rest = jax.lax.scan(step, mean0, (F, c))
         means = _cat(mean0, rest)
-
-    def innovation(mean_prev, prev, here, y, observed, whiten_t, log_det_t):
-        A, b, _ = model.transition_params(prev)
-        H, d, _ = model.emission_params(here)
-        mean_pred = A @ mean_prev + b
-        z = whiten_t @ jnp.where(observed, y - H @ mean_pred - d, 0.0)
-        return mean_pred, innovation_log_likelihood(z, log_det_t, observed)
-
-    mean_preds, lls = jax.vmap(innovation)(
-        means[:-1], prev, here, data.values[1:], data.observed[1:], whiten[1:], log_det[1:]
-    )
-    ll0 = innovation_log_likelihood(whiten[0] @ residual0, log_det[0], data.observed[0])
-    return means, _cat(ll0, lls), _cat(m0, mean_preds)
+    mean_preds = _cat(m0, jnp.einsum("tij,tj->ti", A, means[:-1]) + b)
+    z = jnp.einsum("tij,tj->ti", whiten, y - jnp.einsum("tij,tj->ti", H, mean_preds))
+    lls = jax.vmap(innovation_log_likelihood)(z, log_det, data.observed)
+    return means, lls, mean_preds
 
 
 def _shifted_steps(data: Observations):
@@ -155,7 +151,8 @@ def _cat(head, rest):
 
 def _two_pass(model, data: Observations, parallel: bool):
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, data, data.observed)
-    means, lls, mean_preds = _mean_pass(model, data, whiten, gain, log_det, parallel)
+    matrices = _gain_matrices(model, data, data.observed, whiten, gain)
+    means, lls, mean_preds = _mean_pass(model, data, matrices, whiten, log_det, parallel)
     return means, chols, lls, mean_preds, chol_preds
 
 
@@ -163,8 +160,9 @@ def _shared_covariance_batch(model, data: Observations, data_axes: Observations,
     """A batch of series on one model and one missingness pattern: one covariance pass."""
     first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, first, first.observed)
+    matrices = _gain_matrices(model, first, first.observed, whiten, gain)
     means, lls, mean_preds = jax.vmap(
-        lambda d: _mean_pass(model, d, whiten, gain, log_det, parallel), in_axes=(data_axes,)
+        lambda d: _mean_pass(model, d, matrices, whiten, log_det, parallel), in_axes=(data_axes,)
     )(data)
     batch = means.shape[0]
     spread = lambda x: jnp.broadcast_to(x, (batch, *x.shape))  # noqa: E731
