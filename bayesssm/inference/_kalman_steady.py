@@ -156,17 +156,71 @@ def _two_pass(model, data: Observations, parallel: bool):
     return means, chols, lls, mean_preds, chol_preds
 
 
-def _shared_covariance_batch(model, data: Observations, data_axes: Observations, parallel: bool):
+def _shared_covariance_batch(
+    model, data: Observations, data_axes: Observations, parallel: bool, batch: int
+):
     """A batch of series on one model and one missingness pattern: one covariance pass."""
     first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
     chols, chol_preds, whiten, gain, log_det = _covariance_pass(model, first, first.observed)
-    matrices = _gain_matrices(model, first, first.observed, whiten, gain)
-    means, lls, mean_preds = jax.vmap(
-        lambda d: _mean_pass(model, d, matrices, whiten, log_det, parallel), in_axes=(data_axes,)
-    )(data)
-    batch = means.shape[0]
+    if parallel:
+        matrices = _gain_matrices(model, first, first.observed, whiten, gain)
+        means, lls, mean_preds = jax.vmap(
+            lambda d: _mean_pass(model, d, matrices, whiten, log_det, parallel),
+            in_axes=(data_axes,),
+        )(data)
+    else:
+        means, lls, mean_preds = _batch_mean_scan(
+            model, data, data_axes, whiten, gain, log_det, batch
+        )
     spread = lambda x: jnp.broadcast_to(x, (batch, *x.shape))  # noqa: E731
     return means, spread(chols), lls, mean_preds, spread(chol_preds)
+
+
+def _batch_mean_scan(
+    model, data: Observations, data_axes: Observations, whiten, gain, log_det, batch: int
+):
+    """The sequential mean pass for a whole batch in one `lax.scan`, the batch on the last axis:
+    each step is then a few (D, D) x (D, B) products, which XLA runs far faster on CPU than B tiny
+    matrix-vector products."""
+    first = jax.tree.map(lambda a, axis: a if axis is None else a[0], data, data_axes)
+    observed = first.observed
+    prev, _ = _shifted_steps(first)
+    m0, _ = model.initial_params(first.step(0))
+    A = jax.vmap(lambda step: model.transition_params(step)[0])(prev)
+    H = jax.vmap(lambda step: model.emission_params(step)[0])(first.steps) * observed[..., None]
+    # Offsets may vary per series (controls); they enter as (T, n, B) or (T, n, 1).
+    steps_axes = data_axes.steps
+
+    def offsets(steps):
+        prev, _ = _shifted_steps(Observations(first.values, first.observed, steps))
+        b = jax.vmap(lambda step: model.transition_params(step)[1])(prev)
+        d = jax.vmap(lambda step: model.emission_params(step)[1])(steps)
+        return b, d
+
+    if any(axis == 0 for axis in jax.tree.leaves(steps_axes)):
+        b, d = jax.vmap(offsets, in_axes=(steps_axes,), out_axes=-1)(data.steps)
+    else:
+        b, d = (x[..., None] for x in offsets(first.steps))
+    values = data.values if data_axes.values == 0 else data.values[None]
+    y = jnp.where(observed[..., None], jnp.moveaxis(values, 0, -1) - d, 0.0)  # (T, M, B)
+    # Step 0 predicts with A = 0 and offset m0, so one step function serves every t.
+    A = _cat(jnp.zeros_like(m0[:, None] * m0[None, :]), A)
+    b = jnp.concatenate([jnp.broadcast_to(m0[None, :, None], (1, m0.shape[0], b.shape[-1])), b])
+    constant = jax.vmap(innovation_log_likelihood)(
+        jnp.zeros_like(observed, dtype=log_det.dtype), log_det, observed
+    )
+
+    def step(mean, xs):
+        A_t, b_t, H_t, whiten_t, gain_t, y_t, constant_t = xs
+        mean_pred = A_t @ mean + b_t
+        z = whiten_t @ (y_t - H_t @ mean_pred)
+        mean = mean_pred + gain_t @ z
+        return mean, (mean, constant_t - 0.5 * jnp.sum(z * z, axis=0), mean_pred)
+
+    start = jnp.zeros((m0.shape[0], batch), m0.dtype)
+    xs = (A, b, H, whiten, gain, y, constant)
+    _, (means, lls, mean_preds) = jax.lax.scan(step, start, xs)
+    return jnp.moveaxis(means, -1, 0), jnp.moveaxis(lls, -1, 0), jnp.moveaxis(mean_preds, -1, 0)
 
 
 def steady_filter(plain: Callable, model, data: Observations, parallel: bool = False):
@@ -197,7 +251,7 @@ def steady_filter(plain: Callable, model, data: Observations, parallel: bool = F
 
         def shared(dyn):
             model, data = eqx.combine(dyn, static)
-            return _shared_covariance_batch(model, data, data_axes, parallel)
+            return _shared_covariance_batch(model, data, data_axes, parallel, axis_size)
 
         if data_axes.observed is None:
             return shared(dyn), out_batched
