@@ -54,9 +54,12 @@ class AbstractSSM(eqx.Module):
         """p(y_t | x_t = x)."""
 
     def check_data(
-        self, num_timesteps: int, obs_dim: int, controls: Float[Array, "T U"] | None
+        self, num_timesteps: int, obs_dim: int | None, controls: Float[Array, "T U"] | None
     ) -> None:
-        """Raise a ValueError if data of this shape cannot go with this model (default: accept)."""
+        """Raise a ValueError if data of this shape cannot go with this model (default: accept).
+
+        `obs_dim` is None when there are no observations yet (sampling).
+        """
 
     def sample(
         self, key: Key, num_timesteps: int, inputs: Float[Array, "T U"] | None = None
@@ -64,6 +67,9 @@ class AbstractSSM(eqx.Module):
         """Draw a latent path and observations: x of shape (T, ...), y of shape (T, ...)."""
         if not isinstance(num_timesteps, int) or num_timesteps < 1:
             raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}.")
+        if inputs is not None:
+            inputs = jnp.asarray(inputs)
+        self.check_data(num_timesteps, None, inputs)
         steps = step_inputs(num_timesteps, inputs)
         first = jax.tree.map(lambda a: a[0], steps)
         key0, key_emit0, key_rest = jax.random.split(key, 3)

@@ -121,7 +121,7 @@ def _mean_pass(model, data: Observations, matrices, whiten, log_det, parallel: b
         def compose(earlier, later):
             return later[0] @ earlier[0], later[0] @ earlier[1] + later[1]
 
-        elements = (_cat(jnp.zeros_like(F[0]), F), _cat(mean0, c))
+        elements = (_cat(jnp.zeros(F.shape[1:], F.dtype), F), _cat(mean0, c))
         _, means = jax.lax.associative_scan(jax.vmap(compose), elements)
     else:
 
@@ -204,7 +204,7 @@ def _batch_mean_scan(
     values = data.values if data_axes.values == 0 else data.values[None]
     y = jnp.where(observed[..., None], jnp.moveaxis(values, 0, -1) - d, 0.0)  # (T, M, B)
     # Step 0 predicts with A = 0 and offset m0, so one step function serves every t.
-    A = _cat(jnp.zeros_like(m0[:, None] * m0[None, :]), A)
+    A = _cat(jnp.zeros(A.shape[1:], A.dtype), A)
     b = jnp.concatenate([jnp.broadcast_to(m0[None, :, None], (1, m0.shape[0], b.shape[-1])), b])
     constant = jax.vmap(innovation_log_likelihood)(
         jnp.zeros_like(observed, dtype=log_det.dtype), log_det, observed

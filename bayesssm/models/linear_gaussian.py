@@ -84,7 +84,11 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
             ("R", R, obs_dim, True),
             ("P0", P0, state_dim, False),
         ):
-            cov = value if _is_cov(value) else _covariance(name, value, dtype)
+            if _is_cov(value):
+                check_finite(name, value.unconstrained)
+                cov = value
+            else:
+                cov = _covariance(name, value, dtype)
             base = cov.unconstrained
             if may_vary:
                 lead = _leading_length(name, base, 2, lead)
@@ -169,8 +173,8 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
             and self.R.unconstrained.ndim == 2
         )
 
-    def check_data(self, num_timesteps: int, obs_dim: int, controls) -> None:
-        if obs_dim != self.obs_dim:
+    def check_data(self, num_timesteps: int, obs_dim: int | None, controls) -> None:
+        if obs_dim is not None and obs_dim != self.obs_dim:
             raise ValueError(
                 f"y must have M = {self.obs_dim} columns (the rows of H), got {obs_dim}."
             )
@@ -178,7 +182,7 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
         if length is not None and length != num_timesteps:
             raise ValueError(
                 f"The model's time-varying arrays have a leading axis of length {length}, but the "
-                f"data have T = {num_timesteps} steps; they must match."
+                f"data have T = {num_timesteps} steps (num_timesteps); they must match."
             )
         uses_controls = self.B is not None or self.D is not None
         if uses_controls and controls is None:
