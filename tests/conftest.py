@@ -14,3 +14,5 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+# A second guard against the same hang (jax-ml/jax#25861): run CPU programs synchronously.
+jax.config.update("jax_cpu_enable_async_dispatch", False)

@@ -12,6 +12,11 @@ of the model (e.g. x_0 = m0 exactly when P0 = 0), never from stored outputs of t
 
 from __future__ import annotations
 
+import pathlib
+import pickle
+import subprocess
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -195,6 +200,7 @@ def test_gradient_with_singular_initial_covariance():
 # -- (b) float32 -----------------------------------------------------------------------------
 
 LONG_T = 100_000
+TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -234,19 +240,16 @@ def float64_long_filter(long_data):
     return bs.filter(model, y, engine=bs.Kalman(parallel=False, steady_state=False))
 
 
-@all_engines
-def test_float32_long_series(engine, long_data, float64_long_filter):
-    model, y = long_problem(long_data, jnp.float32)
-    assert y.dtype == jnp.float32 and model.A.dtype == jnp.float32
-    result = bs.filter(model, y, engine=engine)
-    for name, value in result._asdict().items():
-        assert value.dtype == jnp.float32, f"{name} is {value.dtype}, not float32"
-    means = np.asarray(result.means)
+def check_long_float32(outputs: dict, float64_long_filter) -> None:
+    """`outputs`: the float32 filter's fields as numpy arrays, plus their dtype names."""
+    for name, dtype in outputs["dtypes"].items():
+        assert dtype == "float32", f"{name} is {dtype}, not float32"
+    means = outputs["means"]
     assert means.shape == (LONG_T, 4)
     assert np.all(np.isfinite(means))
-    assert np.all(np.isfinite(np.asarray(result.covs)))
+    assert np.all(np.isfinite(outputs["covs"]))
     ll64 = float(float64_long_filter.log_marginal)
-    ll32 = float(result.log_marginal)
+    ll32 = float(outputs["log_marginal"])
     assert np.isfinite(ll32)
     assert abs(ll32 - ll64) <= 1e-3 * abs(ll64), (ll32, ll64)
     # Filtered means within 0.1% of a filtered standard deviation of the float64 ones: float32
@@ -255,6 +258,79 @@ def test_float32_long_series(engine, long_data, float64_long_filter):
     sd64 = np.sqrt(np.diagonal(np.asarray(float64_long_filter.covs), axis1=1, axis2=2))
     error = np.abs(means - np.asarray(float64_long_filter.means)) / sd64
     assert error.max() <= 1e-3, error.max()
+
+
+def _float32_outputs(result) -> dict:
+    fields = result._asdict()
+    return {
+        "dtypes": {name: str(value.dtype) for name, value in fields.items()},
+        "means": np.asarray(result.means),
+        "covs": np.asarray(result.covs),
+        "log_marginal": np.asarray(result.log_marginal),
+    }
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [ALL_ENGINES[k] for k in ("sequential", "parallel", "sequential-full")],
+    ids=["sequential", "parallel", "sequential-full"],
+)
+def test_float32_long_series(engine, long_data, float64_long_filter):
+    model, y = long_problem(long_data, jnp.float32)
+    assert y.dtype == jnp.float32 and model.A.dtype == jnp.float32
+    check_long_float32(_float32_outputs(bs.filter(model, y, engine=engine)), float64_long_filter)
+
+
+_CHILD = """
+import pickle, sys
+sys.path.insert(0, sys.argv[3])
+import conftest  # the suite's JAX configuration (x64 and whatever else it sets)
+import jax.numpy as jnp
+import numpy as np
+import bayesssm as bs
+with open(sys.argv[1], "rb") as f:
+    kwargs, y = pickle.load(f)
+model = bs.LinearGaussianSSM(**{k: jnp.asarray(v, dtype=jnp.float32) for k, v in kwargs.items()})
+result = bs.filter(model, jnp.asarray(y, jnp.float32), engine=bs.Kalman(parallel=True,
+                                                                     steady_state=False))
+out = {
+    "dtypes": {name: str(value.dtype) for name, value in result._asdict().items()},
+    "means": np.asarray(result.means),
+    "covs": np.asarray(result.covs),
+    "log_marginal": np.asarray(result.log_marginal),
+}
+with open(sys.argv[2], "wb") as f:
+    pickle.dump(out, f)
+"""
+
+
+def test_float32_long_series_parallel_full(long_data, float64_long_filter, tmp_path):
+    """The full parallel (associative-scan) recursion, in a child process with a time limit.
+
+    On CPU this program has been seen to stop making progress (all threads idle, the main one
+    waiting for the result), intermittently, at T >= 10,000: JAX's CPU async dispatch hang
+    (jax-ml/jax#25861; it goes away with jax_cpu_enable_async_dispatch=False). A hang must fail
+    this test rather than stall the suite. A correct run takes 15-30 s, mostly compilation. The
+    child imports tests/conftest.py, so it runs under the suite's JAX configuration."""
+    data, out, script = tmp_path / "data.pkl", tmp_path / "out.pkl", tmp_path / "child.py"
+    with open(data, "wb") as f:
+        pickle.dump(long_data, f)
+    script.write_text(_CHILD)
+    try:
+        run = subprocess.run(
+            [sys.executable, str(script), str(data), str(out), str(TESTS_DIR)],
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            "bs.filter with Kalman(parallel=True, steady_state=False) on a float32 series of "
+            f"T = {LONG_T} did not finish within 150 s (it normally takes < 30 s)."
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(out, "rb") as f:
+        check_long_float32(pickle.load(f), float64_long_filter)
 
 
 @engines
