@@ -17,6 +17,9 @@ pykalman and statsmodels (known initialization a = m0, P = P0) use the same. cut
 for a state before the first observation, so y_0 is absorbed with cuthbert's own `filter_update`
 and the filter is run on y_1..y_{T-1} from there (its log-likelihood term is added back).
 
+The process pins itself to one CPU before JAX starts (see `pin_to_one_cpu`), so every library
+runs single-core; `--all-cores` lifts that.
+
 Usage:
     python bench/kalman.py             # full run (several minutes)
     python bench/kalman.py --quick     # T = 1000, D = 4, M = 2 only
@@ -55,11 +58,6 @@ LENGTHS = (1_000, 10_000, 100_000)
 PYKALMAN_MAX_T = 10_000
 BATCH = dict(num_series=1_000, T=1_000, D=4, M=2)
 RTOL = 1e-7  # relative log-likelihood difference above which a library is flagged
-# XLA CPU (jaxlib 0.10.1 and 0.10.2, 2-core Linux VM) often never finishes large associative-scan
-# programs at T >= 1e4 (dynamax's, cuthbert's and ours alike: all worker threads idle, the result
-# never notified). Turning off its concurrency-optimized scheduler avoided most of those hangs here.
-# It applies to every JAX library alike; --xla-default leaves XLA's defaults.
-XLA_WORKAROUND = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 # Repeats after the warm-up call: at least MIN_REPEATS and at least BUDGET_S seconds, at most
 # MAX_REPEATS, and never a repeat that would take the total past CAP_S (at least one is run).
@@ -149,12 +147,10 @@ def call(run: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def measure(variant: Variant) -> Row:
-    """`timed`, guarded against calls that never return.
+    """`timed`, guarded against calls that never return (see `pin_to_one_cpu`).
 
-    On this 2-core machine XLA CPU sometimes never finishes a large program (seen with jaxlib
-    0.10.1 and 0.10.2, mostly associative scans at T >= 1e4, ours and peers alike). The variant
-    runs in a worker thread; if it has no result after HANG_S it is abandoned and retried once,
-    provided a tiny JAX computation still completes. If JAX is stuck, JAX variants are skipped.
+    The variant runs in a worker thread; if it has no result after HANG_S it is abandoned and
+    retried once, provided a tiny JAX computation still completes; if not, JAX variants are skipped.
     """
     if variant.is_jax and JAX_STUCK:
         return Row(variant.lib, variant.name, variant.kind, note="skipped: JAX stuck earlier")
@@ -224,10 +220,9 @@ def ours(p: Problem) -> list[Variant]:
         return Variant("ours", name, lambda: run(model, y, engine=engine), read, kind=kind)
 
     variants = [variant("filter", "seq"), variant("filter", "par"), variant("log_marginal", "seq")]
-    # Like statsmodels' tolerance=0: the full recursion, without the steady-state shortcut. (Not
-    # the parallel one: at T = 1e4 it hangs XLA CPU here about half the time, see `measure`.)
+    # Like statsmodels' tolerance=0: the full recursion, without the steady-state shortcut.
     if "steady_state" in getattr(bs.Kalman, "__dataclass_fields__", {}):
-        variants.append(variant("filter", "seq", steady_state=False))
+        variants += [variant("filter", kind, steady_state=False) for kind in ("seq", "par")]
     return variants
 
 
@@ -570,16 +565,34 @@ def machine() -> list[str]:
     return [
         f"CPU: {cpu}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
         f"JAX backend: {jax.default_backend()} ({devices}); x64 {jax.config.jax_enable_x64}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
         "Versions: " + ", ".join(versions),
     ]
+
+
+def pin_to_one_cpu() -> int:
+    """Pin every thread of this process, and the threads JAX will start, to one CPU.
+
+    On this 2-core VM XLA CPU (jaxlib 0.10.1 and 0.10.2) often never finishes programs at
+    T >= 1e4 when it has two worker threads: dynamax's, cuthbert's and our parallel filters, and
+    after one such hang every later large program too (all threads idle, the result never
+    notified). With one CPU it has not hung. XLA sizes its thread pool when JAX first computes,
+    so this must run before that.
+    """
+    cpu = min(os.sched_getaffinity(0))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:  # a thread that has just exited
+            pass
+    return cpu
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="only T=1000 and (D, M) = (4, 2)")
     parser.add_argument(
-        "--xla-default", action="store_true", help=f"do not set XLA_FLAGS={XLA_WORKAROUND}"
+        "--all-cores", action="store_true", help="do not pin to one CPU (XLA may hang)"
     )
     parser.add_argument(
         "--only",
@@ -596,10 +609,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if not args.xla_default:  # read when JAX first computes, which is after this
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_WORKAROUND}".strip()
+    pinned = None if args.all_cores else pin_to_one_cpu()
     start = time.perf_counter()
     print("\n".join(machine()))
+    if pinned is not None:
+        print(f"Pinned to CPU {pinned}: every library runs on one core (--all-cores to lift).")
     print(
         f"Times: median of {MIN_REPEATS}-{MAX_REPEATS} repeats after a warm-up call (fewer for "
         f"calls over {CAP_S / MIN_REPEATS:.0f} s); compile = first call - median (JAX only). "
