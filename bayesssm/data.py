@@ -74,12 +74,6 @@ def observations(y, inputs=None, extra_steps: int = 0, dtype=None) -> Observatio
     return Observations(jnp.where(observed, y, 0.0), observed, step_inputs(y.shape[0], controls))
 
 
-def prepare(model: AbstractSSM, y, inputs=None, extra_steps: int = 0, dtype=None) -> Observations:
-    """Check, then build `Observations` (for use outside the verbs)."""
-    y, inputs = check_observations(model, y, inputs, extra_steps)
-    return observations(y, inputs, extra_steps, dtype or model_dtype(model))
-
-
 def model_dtype(model) -> jnp.dtype:
     """The floating dtype of the model's parameters (the default float if it has none)."""
     for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
