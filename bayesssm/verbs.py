@@ -7,8 +7,7 @@ user's `jax.jit` or `jax.vmap`.
 
 from __future__ import annotations
 
-import equinox as eqx
-
+from ._jit import filter_jit
 from ._types import Array, Float, Key
 from .data import check_observations, model_dtype, observations
 from .inference.kalman import Kalman
@@ -37,7 +36,7 @@ def _setup(model, y, engine, key, inputs, extra_steps=0):
     return engine, (y, inputs, extra_steps)
 
 
-@eqx.filter_jit
+@filter_jit
 def _run(engine, verb: str, model, raw, key, *args):
     y, inputs, extra_steps = raw
     data = observations(y, inputs, extra_steps, model_dtype(model))
