@@ -5,25 +5,51 @@ model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
 smoothed = bs.smooth(model, y)
 """
 
-from . import inference, models, params
+from . import diagnostics, fit, inference, models, numpyro, params
+from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
+from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts
 from .inference import FilterResult, ForecastResult, Kalman, SmootherResult
 from .models import LinearGaussianSSM
-from .params import AbstractConstrained, Covariance, unwrap
+from .params import (
+    AbstractConstrained,
+    Correlation,
+    Covariance,
+    Positive,
+    Simplex,
+    Stable,
+    unwrap,
+)
 from .ssm import AbstractLinearGaussianSSM, AbstractSSM, StepInputs
 from .verbs import default_engine, filter, forecast, log_marginal, sample_posterior, smooth
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "to_arviz",
+    "plot_states",
+    "plot_posterior_predictive",
+    "fit",
+    "diagnostics",
+    "fit_mle",
+    "fit_em",
+    "fit_vi",
+    "VIResult",
+    "numpyro",
+    "MLEHistory",
+    "EMHistory",
     "AbstractConstrained",
     "AbstractLinearGaussianSSM",
     "AbstractSSM",
+    "Correlation",
     "Covariance",
     "FilterResult",
     "ForecastResult",
     "Kalman",
     "LinearGaussianSSM",
+    "Positive",
+    "Simplex",
     "SmootherResult",
+    "Stable",
     "StepInputs",
     "default_engine",
     "filter",
@@ -32,6 +58,7 @@ __all__ = [
     "log_marginal",
     "models",
     "params",
+    "sample_nuts",
     "sample_posterior",
     "smooth",
     "unwrap",

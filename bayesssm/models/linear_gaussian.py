@@ -89,11 +89,15 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
                 cov = value
             else:
                 cov = _covariance(name, value, dtype)
-            base = cov.unconstrained
+            # A Covariance has .shape and .ndim like an array: the matrix's (its storage is packed).
+            try:
+                shape = cov.shape
+            except ValueError as err:  # storage that is no packed triangle
+                raise ValueError(f"{name}: {err}") from None
             if may_vary:
-                lead = _leading_length(name, base, 2, lead)
+                lead = _leading_length(name, cov, 2, lead)
             what = f" with {'D' if n == state_dim and name != 'R' else 'M'} = {n}"
-            check_shape(name, base, base.shape[:-2] + (n, n) if may_vary else (n, n), what)
+            check_shape(name, cov, shape[:-2] + (n, n) if may_vary else (n, n), what)
             covs[name] = cov
 
         controls_dim = None
@@ -157,21 +161,17 @@ class LinearGaussianSSM(AbstractLinearGaussianSSM):
             (self.H, 2),
             (self.b, 1),
             (self.d, 1),
-            (self.Q.unconstrained, 2),
-            (self.R.unconstrained, 2),
+            (self.Q, 2),
+            (self.R, 2),
         ):
+            # Arrays and Covariance leaves both have .ndim and .shape (the matrix's, for a leaf).
             if value.ndim > base:
                 return value.shape[0]
         return None
 
     @property
     def time_invariant_factors(self) -> bool:
-        return (
-            self.A.ndim == 2
-            and self.H.ndim == 2
-            and self.Q.unconstrained.ndim == 2
-            and self.R.unconstrained.ndim == 2
-        )
+        return self.A.ndim == 2 and self.H.ndim == 2 and self.Q.ndim == 2 and self.R.ndim == 2
 
     def check_data(self, num_timesteps: int, obs_dim: int | None, controls) -> None:
         if obs_dim is not None and obs_dim != self.obs_dim:
@@ -235,4 +235,5 @@ def _at(value: Array, t, base_ndim: int) -> Array:
 
 def _cov_at(cov: Covariance, t) -> Array:
     # Pick the step before transforming, so a scan does not rebuild the whole T axis each step.
-    return Covariance(_at(cov.unconstrained, t, 2)).cholesky
+    # `unconstrained` is (k,) or (T, k), packed; `cov.ndim` counts the matrix's axes.
+    return (Covariance(cov.unconstrained[t]) if cov.ndim > 2 else cov).cholesky

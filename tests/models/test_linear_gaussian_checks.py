@@ -268,8 +268,8 @@ def test_non_finite_optional_parameter(name, shape):
 def test_non_finite_covariance_object(name):
     # A covariance passed already wrapped is a parameter like any other: NaN must be refused.
     n = M if name == "R" else D
-    u = np.zeros((n, n))
-    u[1, 0] = np.nan
+    u = np.zeros(n * (n + 1) // 2)  # the packed log-Cholesky storage
+    u[1] = np.nan
     with raises_naming(name, "finite|nan|inf"):
         bs.LinearGaussianSSM(**params(**{name: bs.Covariance(jnp.asarray(u))}))
 

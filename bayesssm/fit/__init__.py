@@ -1,0 +1,8 @@
+"""Fitting the parameters of a model to data."""
+
+from .em import EMHistory, fit_em
+from .mcmc import sample_nuts
+from .mle import MLEHistory, fit_mle
+from .vi import VIResult, fit_vi
+
+__all__ = ["EMHistory", "MLEHistory", "fit_em", "fit_mle", "sample_nuts", "VIResult", "fit_vi"]

@@ -1,0 +1,97 @@
+"""The log-likelihood (plus log prior) of the fitted leaves, shared by MLE, NUTS and VI.
+
+Checks y once in Python, then builds the engine's differentiable log-likelihood as a function of
+the fitted leaves. `y` may be one series (T, M) / (T,) or a batch (B, T, M), whose
+log-likelihoods add up.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._types import Scalar
+from ..data import check_observations, model_dtype, observations
+from ..ssm import AbstractSSM
+from ..verbs import default_engine
+from ._selection import Selection
+
+
+class Objective:
+    """log p(y | fitted leaves) for one model, engine and data set."""
+
+    def __init__(self, model, y, *, engine=None, inputs=None, batched: bool | None = None):
+        if not isinstance(model, AbstractSSM):
+            raise TypeError(f"model must be a bs.AbstractSSM, got {type(model).__name__}.")
+        self.engine = default_engine(model) if engine is None else engine
+        self.engine.check(model)
+        y = y if hasattr(y, "shape") else np.asarray(y)
+        self.batched = (np.ndim(y) == 3) if batched is None else batched
+        if self.batched:
+            if np.ndim(y) != 3:
+                raise ValueError(f"A batch of series must have shape (B, T, M); got {np.shape(y)}.")
+            for b in range(np.shape(y)[0]):
+                check_observations(model, y[b], inputs)
+            self.num_series = np.shape(y)[0]
+        else:
+            y, inputs = check_observations(model, y, inputs)
+            self.num_series = 1
+        self.y = y
+        self.inputs = inputs
+        observed = ~np.isnan(np.asarray(y, dtype=float))
+        # Objectives are divided by this so that tolerances mean the same for any T.
+        self.scale = float(max(observed.sum(), 1))
+        self.dtype = model_dtype(model)
+
+    # An Objective is a static argument of the compiled fits; the data are not part of it (they
+    # are passed to every method), so fits of new data with the same settings compile once.
+    def _key(self):
+        return (
+            self.engine,
+            self.batched,
+            self.dtype,
+            None if self.inputs is None else id(self.inputs),
+        )
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Objective) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def series_log_marginal(self, model, y, key=None) -> Scalar:
+        data = observations(y, self.inputs, 0, self.dtype)
+        return self.engine.log_marginal(model, data, key)
+
+    def log_likelihood(self, model, y, key=None) -> Scalar:
+        """Total over the series in `y` (a batch when `self.batched`)."""
+        if not self.batched:
+            return self.series_log_marginal(model, y, key)
+        keys = None if key is None else jax.random.split(key, y.shape[0])
+        lls = jax.vmap(lambda y_b, k: self.series_log_marginal(model, y_b, k))(y, keys)
+        return jnp.sum(lls)
+
+    def log_likelihood_per_step(self, model, y, key=None):
+        """(T,) for one series, (B, T) for a batch: for pointwise diagnostics (LOO)."""
+
+        def one(y_b, k):
+            data = observations(y_b, self.inputs, 0, self.dtype)
+            return self.engine.filter(model, data, k).log_marginals
+
+        if not self.batched:
+            return one(y, key)
+        keys = None if key is None else jax.random.split(key, y.shape[0])
+        return jax.vmap(one)(y, keys)
+
+
+def log_posterior(
+    objective: Objective, selection: Selection, model, params, y, key=None, jacobian=False
+) -> Scalar:
+    """log p(y | params) + log prior(values) (+ the log-Jacobian, for densities over the
+    unconstrained arrays)."""
+    fitted = selection.rebuild(model, params)
+    total = objective.log_likelihood(fitted, y, key) + selection.log_prior(params)
+    if jacobian:
+        total = total + selection.log_abs_det_jacobian(params)
+    return total
