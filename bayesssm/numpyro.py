@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 
+from ._checks import is_concrete
 from ._jit import filter_jit
 from ._types import Array, Float, Key
 from .data import check_observations, model_dtype, observations
@@ -124,8 +125,9 @@ class SSMDistribution(Distribution):
         value = self._as_series(value)
         batch, event = value.shape[:-2], value.shape[-2:]
         # Shape (and, for concrete values, inf / all-NaN) checks, in Python, before tracing on.
-        check_observations(self.model, value.reshape((-1, *event))[0], self.inputs)
         flat = value.reshape((-1, *event))
+        for series in np.asarray(flat) if is_concrete(flat) else flat[:1]:
+            check_observations(self.model, series, self.inputs)
         keys = None if self.key is None else jax.random.split(self.key, flat.shape[0])
         return _log_marginals(self.engine, self.model, flat, self.inputs, keys).reshape(batch)
 

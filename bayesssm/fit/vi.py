@@ -177,7 +177,6 @@ def fit_vi(
     y_all = jnp.asarray(objective.y, objective.dtype)
     sites = _Sites(selection, model)
     key, check_key, init_key, draw_key = jax.random.split(key, 4)
-    _check_start(selection, objective, model, sites.start, y_all, check_key)
 
     obs_name, prior_name = _free_names(sites, ("y", "log_prior"))
     num_timesteps = y_all.shape[-2]
@@ -215,6 +214,7 @@ def fit_vi(
         optax.adam(1e-2) if optimizer is None else optimizer,
         Trace_ELBO(num_particles=num_particles),
     )
+    _check_start(selection, objective, model, sites.start, y_all, check_key)
     state = svi.init(init_key, model, y_all)
 
     @filter_jit

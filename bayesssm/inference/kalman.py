@@ -10,6 +10,7 @@ from .._types import Array, Float, Key
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM, require_capability
 from ._kalman_parallel import filter_parallel, sample_parallel, smooth_parallel
+from ._kalman_score import Moments, fisher_log_marginal
 from ._kalman_sequential import filter_sequential, sample_sequential, smooth_sequential
 from ._kalman_steady import steady_filter
 from ._square_root import backward_kernel, tria
@@ -34,6 +35,11 @@ class Kalman(eqx.Module):
     ulps; derivatives are always those of the full recursion. `False` runs the full square-root
     recursion at every step.
 
+    `gradient` says how `log_marginal` is differentiated: "autodiff" (the default) through the
+    filter's recursion; "fisher" by Fisher's identity from one smoothing pass (exact to rounding,
+    any order, forward or reverse; needs non-singular P0, Q and R; O(log T) span with
+    `parallel=True`, see `bayesssm.inference._kalman_score`).
+
     References:
         Särkkä, S. and García-Fernández, Á. F. (2021). Temporal parallelization of Bayesian
         smoothers. IEEE Transactions on Automatic Control 66(1).
@@ -43,6 +49,7 @@ class Kalman(eqx.Module):
 
     parallel: bool | None = None
     steady_state: bool = True
+    gradient: str = "autodiff"
 
     is_random = False
 
@@ -51,6 +58,10 @@ class Kalman(eqx.Module):
         if self.parallel not in (None, True, False):
             raise ValueError(
                 f"Kalman(parallel=...) must be None, True or False, got {self.parallel!r}."
+            )
+        if self.gradient not in ("fisher", "autodiff"):
+            raise ValueError(
+                f"Kalman(gradient=...) must be 'fisher' or 'autodiff', got {self.gradient!r}."
             )
 
     def _use_parallel(self) -> bool:
@@ -94,7 +105,24 @@ class Kalman(eqx.Module):
         return run(key, kernels, filtered.means[-1], filtered.chols[-1], num_samples)
 
     def log_marginal(self, model, data: Observations, key: Key | None = None) -> Float[Array, ""]:
-        return self.filter(model, data).log_marginal
+        if self.gradient == "autodiff":
+            return self.filter(model, data).log_marginal
+        plain = eqx.tree_at(lambda e: e.gradient, self, "autodiff")
+
+        def value(model, data):
+            return plain.filter(model, data).log_marginal
+
+        return fisher_log_marginal(value, plain._moments, model, data)
+
+    def _moments(self, model, data: Observations) -> tuple[Float[Array, ""], Moments]:
+        """log p(y) and the smoothed moments Fisher's identity needs."""
+        filtered = self.filter(model, data)
+        kernels = self._kernels(model, data, filtered)
+        run = smooth_parallel if self._use_parallel() else smooth_sequential
+        means, chols = run(kernels, filtered.means[-1], filtered.chols[-1])
+        covs = _gram(chols)
+        cross = covs[1:] @ jnp.swapaxes(kernels.gain, -1, -2)
+        return filtered.log_marginal, Moments(means, covs, cross)
 
     def forecast(
         self, model, data: Observations, key: Key | None, num_steps: int
