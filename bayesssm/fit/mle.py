@@ -55,6 +55,7 @@ class _State(eqx.Module):
     steps: Array
     converged: Array
     failed: Array
+    culprit: Array  # the first fitted leaf whose value or gradient went non-finite (-1: none)
 
 
 def fit_mle(
@@ -186,6 +187,7 @@ def _init(starts, model, y, scale, loss, optimizer) -> _State:
             jnp.zeros((), jnp.int32),
             jnp.zeros((), bool),
             ~jnp.isfinite(value),
+            jnp.asarray(-1),
         )
 
     return jax.vmap(one)(starts)
@@ -218,6 +220,7 @@ def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, ba
             else:
                 new_value, new_grad = jax.value_and_grad(value_fn)(params)
             finite = jnp.isfinite(new_value) & _all_finite(new_grad)
+            culprit = _first_non_finite(loss.selection, params, new_grad)
             change = jnp.abs(new_value - state.value)
             converged = (change <= tol * jnp.maximum(jnp.abs(new_value), 1.0)) & (
                 _max_abs(new_grad) <= gtol
@@ -232,9 +235,11 @@ def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, ba
                 state.steps + 1,
                 converged & finite,
                 ~finite,
+                state.culprit,
             )
-            # A step to a non-finite point is not taken: the restart stops where it was.
-            kept = eqx.tree_at(lambda s: s.failed, state, ~finite)
+            # A step to a non-finite point is not taken: the restart stops where it was, and
+            # remembers which leaf went bad.
+            kept = eqx.tree_at(lambda s: (s.failed, s.culprit), state, (~finite, culprit))
             new_state = jax.tree.map(
                 lambda s, m, k: jnp.where(stop, s, jnp.where(finite, m, k)), state, moved, kept
             )
@@ -255,6 +260,17 @@ def _minibatch(y, key, batch_size):
 def _max_abs(tree) -> Array:
     leaves = jax.tree.leaves(tree)
     return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves]))
+
+
+def _first_non_finite(selection: Selection, params: tuple, grad: tuple) -> Array:
+    """Index of the first fitted leaf whose value or gradient has a NaN or inf (-1: none)."""
+    bad = jnp.stack(
+        [
+            ~(_all_finite(value) & _all_finite(g))
+            for value, g in zip(selection.values(params), grad, strict=True)
+        ]
+    )
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
 
 
 def _all_finite(tree) -> Array:
@@ -310,18 +326,36 @@ def _check_start(selection: Selection, state: _State) -> None:
         )
 
 
+def _describe_failure(selection: Selection, restart: int, culprit: int, steps: int) -> str:
+    where = f"restart {restart} stopped after step {steps}"
+    if culprit < 0:
+        return f"{where}: the objective went non-finite"
+    return f"{where}: the value or gradient of {selection.names[culprit]} went non-finite"
+
+
 def _finish(selection: Selection, objective: Objective, model, state: _State, values, grads):
     final = np.where(np.asarray(state.failed), np.inf, np.asarray(state.value))
-    if not np.any(np.isfinite(final)):
-        failed = jax.tree.map(lambda x: x[0], state.params)
-        raise ValueError(
-            "Every restart stopped at a non-finite objective; the last finite parameters had "
-            f"non-finite values in: {', '.join(selection.non_finite(failed)) or 'none'}. Try "
-            "another start or a smaller learning rate."
+    failures = [
+        _describe_failure(selection, r, int(c), int(k))
+        for r, (f, c, k) in enumerate(
+            zip(
+                np.asarray(state.failed),
+                np.asarray(state.culprit),
+                np.asarray(state.steps),
+                strict=True,
+            )
         )
+        if f
+    ]
+    if not np.any(np.isfinite(final)):
+        raise ValueError(
+            "Every restart stopped at a non-finite objective: "
+            + "; ".join(failures)
+            + ". Try another start or a smaller learning rate."
+        )
+    if failures:
+        warnings.warn("; ".join(failures) + ".", RuntimeWarning, stacklevel=3)
     best = int(np.argmin(final))
-    if np.asarray(state.failed)[best]:
-        warnings.warn("The best restart hit a non-finite objective and stopped.", stacklevel=3)
     steps = int(np.asarray(state.steps)[best])
     value_trace = np.concatenate([np.asarray(v) for v in values], axis=1)[best, :steps]
     grad_trace = np.concatenate([np.asarray(g) for g in grads], axis=1)[best, :steps]

@@ -170,3 +170,16 @@ def test_bad_settings_fail_before_fitting(kwargs, message):
 def test_bad_data_fails_before_fitting():
     with pytest.raises(ValueError, match="y"):
         bs.fit_mle(local_level(), np.ones((10, 2)), where=lambda m: m.Q, progress=False)
+
+
+def test_a_diverging_optimiser_names_the_leaf_that_went_non_finite():
+    # Plain gradient steps of size 1e4 in log-variance overflow exp() at the first step.
+    with pytest.raises(ValueError, match=r"restart 0 stopped after step 0: .* of (Q|R) went"):
+        bs.fit_mle(
+            local_level(),
+            NILE,
+            where=lambda m: (m.Q, m.R),
+            optimizer=optax.sgd(1e4),
+            num_steps=5,
+            progress=False,
+        )
