@@ -438,8 +438,8 @@ def plot_posterior_predictive(
 
     Args:
         y: observations (T, M), or (T,) when M = 1; NaN entries are skipped.
-        predictive: predictive draws (S, T, M) or (C, S, T, M); (S, T) or (C, S, T) when y is
-            (T,). Chains are pooled.
+        predictive: predictive draws (S, T, M) or (C, S, T, M); when y is (T,), also (S, T) or
+            (C, S, T). Chains are pooled.
         times: x-axis values (T,); default 0, ..., T - 1.
         level: probability mass of the band (between empirical quantiles), in (0, 1).
         obs_names: panel labels (M,).
@@ -452,7 +452,10 @@ def plot_posterior_predictive(
     y = np.asarray(y, dtype=float)
     pred = np.asarray(predictive, dtype=float)
     if y.ndim == 1:
-        y, pred = y[:, None], pred[..., None]
+        y = y[:, None]
+        # Draws of a scalar series may come as (..., T) or, like sample_nuts's, (..., T, 1).
+        if pred.shape[-2:] != (y.shape[0], 1):
+            pred = pred[..., None]
     if y.ndim != 2:
         raise ValueError(f"y must have shape (T, M) or (T,), got {y.shape}.")
     T, M = y.shape

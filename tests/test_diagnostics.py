@@ -387,3 +387,17 @@ def test_plot_posterior_predictive_vector_series_and_errors():
         plot_posterior_predictive(y[:, None], rng.normal(size=(30, 15)))
     with pytest.raises(ValueError, match="level"):
         plot_posterior_predictive(y, rng.normal(size=(30, 15)), level=0.0)
+
+
+def test_predictive_of_a_scalar_series_may_keep_its_unit_axis():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=20)
+    draws = rng.normal(size=(2, 30, 20))
+    fig_flat = bs.plot_posterior_predictive(y, draws)
+    fig_unit = bs.plot_posterior_predictive(y, draws[..., None])
+    flat = fig_flat.axes[0].collections[0].get_paths()[0].vertices
+    unit = fig_unit.axes[0].collections[0].get_paths()[0].vertices
+    np.testing.assert_array_equal(flat, unit)
+    plt.close("all")

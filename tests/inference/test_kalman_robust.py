@@ -318,18 +318,24 @@ def test_float32_long_series_parallel_full(long_data, float64_long_filter, tmp_p
     with open(data, "wb") as f:
         pickle.dump(long_data, f)
     script.write_text(_CHILD)
-    try:
-        run = subprocess.run(
-            [sys.executable, str(script), str(data), str(out), str(TESTS_DIR)],
-            capture_output=True,
-            text=True,
-            timeout=150,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(
-            "bs.filter with Kalman(parallel=True, steady_state=False) on a float32 series of "
-            f"T = {LONG_T} did not finish within 150 s (it normally takes < 30 s)."
-        )
+    # A hang is XLA's (not our numerics'), intermittent and more likely on a crowded machine:
+    # a second child gets one more chance; a wrong result is never retried.
+    for attempt in range(2):
+        try:
+            run = subprocess.run(
+                [sys.executable, str(script), str(data), str(out), str(TESTS_DIR)],
+                capture_output=True,
+                text=True,
+                timeout=150,
+            )
+            break
+        except subprocess.TimeoutExpired:
+            if attempt == 1:
+                pytest.fail(
+                    "bs.filter with Kalman(parallel=True, steady_state=False) on a float32 "
+                    f"series of T = {LONG_T} did not finish within 150 s, twice (it normally "
+                    "takes < 30 s)."
+                )
     assert run.returncode == 0, run.stderr[-3000:]
     with open(out, "rb") as f:
         check_long_float32(pickle.load(f), float64_long_filter)
