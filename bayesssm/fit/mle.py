@@ -248,8 +248,13 @@ def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, ba
         return jax.lax.scan(step, state, jax.random.split(key, size))
 
     keys = jax.random.split(key, state.value.shape[0])
-    state, trace = jax.vmap(one_restart)(state, keys)
-    return state, trace
+    if state.value.shape[0] == 1:
+        # One start: no vmap. Under vmap the line search's and optax's `lax.cond`s become
+        # selects that evaluate both branches, which tripled the cost of a step.
+        squeeze = lambda x: x[0]  # noqa: E731
+        state, trace = one_restart(jax.tree.map(squeeze, state), keys[0])
+        return jax.tree.map(lambda x: x[None], (state, trace))
+    return jax.vmap(one_restart)(state, keys)
 
 
 def _minibatch(y, key, batch_size):
