@@ -22,6 +22,12 @@ def check_shape(name: str, value, expected: tuple, what: str = "") -> None:
         raise ValueError(f"{name} must have shape {want}{what}, got {shape}.")
 
 
+def check_positive_int(name: str, value) -> None:
+    """A count such as num_steps: a positive Python or NumPy integer (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
 def check_finite(name: str, value) -> None:
     if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
         raise ValueError(f"{name} has non-finite entries (NaN or inf); parameters must be finite.")

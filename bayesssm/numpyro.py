@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, constraints
 
-from ._checks import is_concrete
+from ._checks import check_positive_int, is_concrete
 from ._jit import filter_jit
 from ._types import Array, Float, Key
 from .data import check_observations, model_dtype, observations
@@ -93,12 +93,8 @@ class SSMDistribution(Distribution):
                 raise ValueError(f"inputs must have shape (T, U), got {inputs.shape}.")
             if num_timesteps is None:
                 num_timesteps = int(inputs.shape[0])
-        if num_timesteps is not None and (
-            isinstance(num_timesteps, bool)
-            or not isinstance(num_timesteps, int | np.integer)
-            or num_timesteps < 1
-        ):
-            raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}.")
+        if num_timesteps is not None:
+            check_positive_int("num_timesteps", num_timesteps)
         self.model = model
         self.engine = engine
         self.inputs = inputs

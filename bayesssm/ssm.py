@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._checks import check_positive_int
 from ._types import Array, Float, Int, Key
 
 
@@ -65,8 +66,7 @@ class AbstractSSM(eqx.Module):
         self, key: Key, num_timesteps: int, inputs: Float[Array, "T U"] | None = None
     ) -> tuple[Array, Array]:
         """Draw a latent path and observations: x of shape (T, ...), y of shape (T, ...)."""
-        if not isinstance(num_timesteps, int) or num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}.")
+        check_positive_int("num_timesteps", num_timesteps)
         if inputs is not None:
             inputs = jnp.asarray(inputs)
         self.check_data(num_timesteps, None, inputs)

@@ -7,6 +7,7 @@ user's `jax.jit` or `jax.vmap`.
 
 from __future__ import annotations
 
+from ._checks import check_positive_int
 from ._jit import filter_jit
 from ._types import Array, Float, Key
 from .data import check_observations, model_dtype, observations
@@ -90,8 +91,7 @@ def sample_posterior(
     """Joint draws of the whole latent path from p(x_{0:T-1} | y_{0:T-1}), shape (S, T, D)."""
     if key is None:
         raise ValueError("sample_posterior needs key=jax.random.key(...).")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+    check_positive_int("num_samples", num_samples)
     engine, data = _setup(model, y, engine, key, inputs)
     return _run(engine, "sample_posterior", model, data, key, num_samples)
 
@@ -113,7 +113,6 @@ def forecast(
     Returns:
         `means` (K, D), `covs` (K, D, D), `obs_means` (K, M), `obs_covs` (K, M, M).
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+    check_positive_int("num_steps", num_steps)
     engine, data = _setup(model, y, engine, key, inputs, extra_steps=num_steps)
     return _run(engine, "forecast", model, data, key, num_steps)

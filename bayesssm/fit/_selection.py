@@ -178,7 +178,6 @@ _DISTRAX_SUPPORTS = {
     "LogNormal": constraints.positive,
     "Beta": constraints.unit_interval,
     "Dirichlet": constraints.simplex,
-    "Uniform": None,
 }
 
 

@@ -30,9 +30,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
-from .._checks import is_concrete
+from .._checks import check_positive_int, is_concrete
 from .._jit import filter_jit
 from .._types import Array, Float
 from ..data import Observations, check_observations, model_dtype, observations
@@ -40,6 +39,7 @@ from ..inference._square_root import backward_kernel
 from ..inference.kalman import Kalman
 from ..models.linear_gaussian import LinearGaussianSSM
 from ..params import Covariance
+from ._progress import progress_bar
 
 FITTABLE = ("A", "b", "Q", "H", "d", "R", "m0", "P0")
 DEFAULT_WHERE = ("A", "Q", "H", "R", "m0", "P0")
@@ -129,8 +129,7 @@ def fit_em(
     if not isinstance(model, LinearGaussianSSM):
         raise TypeError(f"fit_em needs a bs.LinearGaussianSSM, got {type(model).__name__}.")
     names = _selected(model, where)
-    if not isinstance(num_steps, int | np.integer) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+    check_positive_int("num_steps", num_steps)
     num_steps = int(num_steps)
     if not isinstance(tol, int | float | np.floating) or not tol >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}.")
@@ -258,6 +257,33 @@ def _augmented_gram(second_sum: Array, mean_sum: Array, count: int) -> Array:
     return jnp.concatenate([top, bottom], axis=0)
 
 
+def _regression(
+    names, pair, cross_sum, second_sum, regressors, targets, control, slope_t, offset_t, count
+) -> dict:
+    """M-step for `targets = slope regressors + offset + control + noise` (transition: x_{t+1}
+    on x_t; emission: y_t on x_t), over whichever of `pair` = (slope, offset) names is fitted;
+    the other stays at its current per-step value (`slope_t`, `offset_t`, which includes the
+    control term). `cross_sum` = sum_t E[target regressor^T], `second_sum` = sum_t E[regressor
+    regressor^T]; with a time-invariant noise covariance the regression does not depend on it."""
+    slope, offset = pair
+    if slope in names and offset in names:
+        rhs = jnp.concatenate(
+            [
+                cross_sum - _outer_sum(control, regressors),
+                jnp.sum(targets - control, axis=0)[:, None],
+            ],
+            axis=1,
+        )
+        coef = _right_solve(rhs, _augmented_gram(second_sum, jnp.sum(regressors, axis=0), count))
+        return {slope: coef[:, :-1], offset: coef[:, -1]}
+    if slope in names:
+        return {slope: _right_solve(cross_sum - _outer_sum(offset_t, regressors), second_sum)}
+    if offset in names:
+        fitted = targets - jnp.einsum("tij,tj->ti", slope_t, regressors) - control
+        return {offset: jnp.mean(fitted, axis=0)}
+    return {}
+
+
 def _covariance(matrix: Array) -> Covariance:
     return Covariance.from_matrix(0.5 * (matrix + matrix.T))
 
@@ -305,18 +331,9 @@ def _transition_update(model, data, names, smoothed, second, dtype) -> dict:
     # E[x_{t+1} x_t^T] = V_{t+1} G_t^T + mu_{t+1} mu_t^T, summed over t = 0..T-2.
     cross_sum = jnp.einsum("tij,tkj->ik", covs[1:], kernels.gain) + _outer_sum(nxt, prev)
     second_sum = jnp.sum(second[:-1], axis=0)
-    updates = {}
-    if "A" in names and "b" in names:
-        target = nxt - control
-        rhs = jnp.concatenate(
-            [cross_sum - _outer_sum(control, prev), jnp.sum(target, axis=0)[:, None]], axis=1
-        )
-        coef = _right_solve(rhs, _augmented_gram(second_sum, jnp.sum(prev, axis=0), count))
-        updates["A"], updates["b"] = coef[:, :-1], coef[:, -1]
-    elif "A" in names:
-        updates["A"] = _right_solve(cross_sum - _outer_sum(b_t, prev), second_sum)
-    elif "b" in names:
-        updates["b"] = jnp.mean(nxt - jnp.einsum("tij,tj->ti", A_t, prev) - control, axis=0)
+    updates = _regression(
+        names, ("A", "b"), cross_sum, second_sum, prev, nxt, control, A_t, b_t, count
+    )
     if "Q" in names:
         A_new = jnp.broadcast_to(updates["A"], A_t.shape) if "A" in names else A_t
         b_new = updates["b"] + control if "b" in names else b_t
@@ -358,18 +375,9 @@ def _emission_update(model, data, names, smoothed, second, dtype) -> dict:
     # E[y_t x_t^T] = J_t V_t + E[y_t] mu_t^T, summed over t.
     cross_sum = jnp.einsum("tij,tjk->ik", J, covs) + _outer_sum(y_bar, means)
     second_sum = jnp.sum(second, axis=0)
-    updates = {}
-    if "H" in names and "d" in names:
-        target = y_bar - control
-        rhs = jnp.concatenate(
-            [cross_sum - _outer_sum(control, means), jnp.sum(target, axis=0)[:, None]], axis=1
-        )
-        coef = _right_solve(rhs, _augmented_gram(second_sum, jnp.sum(means, axis=0), count))
-        updates["H"], updates["d"] = coef[:, :-1], coef[:, -1]
-    elif "H" in names:
-        updates["H"] = _right_solve(cross_sum - _outer_sum(d_t, means), second_sum)
-    elif "d" in names:
-        updates["d"] = jnp.mean(y_bar - jnp.einsum("tij,tj->ti", H_t, means) - control, axis=0)
+    updates = _regression(
+        names, ("H", "d"), cross_sum, second_sum, means, y_bar, control, H_t, d_t, count
+    )
     if "R" in names:
         H_new = jnp.broadcast_to(updates["H"], H_t.shape) if "H" in names else H_t
         d_new = updates["d"] + control if "d" in names else d_t
@@ -444,7 +452,7 @@ def _compiled_loop(model, data, names, engine, buffer_length: int, num_steps, to
 
 def _python_loop(model, data, names, engine, num_steps: int, tol: float):
     lls, values, converged, previous = [], [], False, model
-    with tqdm(total=num_steps, desc="EM", unit="step") as bar:
+    with progress_bar(num_steps, True, "fit_em", "log_marginal") as bar:
         for step in range(num_steps):
             # One compiled iteration: the same program as the while loop's, reused at each step.
             fitted, buffer, _, _ = _while_loop(model, data, names, engine, 1, tol)
@@ -456,8 +464,7 @@ def _python_loop(model, data, names, engine, num_steps: int, tol: float):
                 model = previous
                 break
             previous, model = model, fitted
-            bar.update(1)
-            bar.set_postfix(log_marginal=f"{values[-1]:.10g}", refresh=False)
+            bar.update(1, values[-1])
             if step > 0 and abs(values[-1] - values[-2]) <= tol * abs(values[-2]):
                 converged = True
                 break

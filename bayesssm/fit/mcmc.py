@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_positive_int
 from .._jit import filter_jit
 from .._types import Key
 from ..diagnostics import to_arviz
@@ -81,8 +82,7 @@ def sample_nuts(
         ("num_warmup", num_warmup),
         ("num_chains", num_chains),
     ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if key is None:
         raise ValueError("sample_nuts needs key=jax.random.key(...).")
     if objective.engine.is_random:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._checks import check_positive_int
 from .._jit import filter_jit
 from .._types import Array, Float, Key
 from ._objective import Objective, log_posterior
@@ -295,10 +296,8 @@ def _restarts(start, num_restarts: int, scale: float, key) -> tuple:
 
 
 def _check_settings(num_steps, num_restarts, batch_size, objective: Objective, key) -> None:
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
-    if not isinstance(num_restarts, int) or num_restarts < 1:
-        raise ValueError(f"num_restarts must be a positive int, got {num_restarts!r}.")
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("num_restarts", num_restarts)
     needs_key = num_restarts > 1 or batch_size is not None or objective.engine.is_random
     if needs_key and key is None:
         raise ValueError(

@@ -20,6 +20,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoGuide, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_value
 
+from .._checks import check_positive_int
 from .._jit import filter_jit
 from .._types import Array, Float, Key
 from ..diagnostics import to_arviz
@@ -293,8 +294,7 @@ def _check_settings(guide, num_steps, num_samples, num_particles, key):
         ("num_samples", num_samples),
         ("num_particles", num_particles),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if key is None:
         raise ValueError("fit_vi needs key=jax.random.key(...).")
     return _GUIDES[guide]
