@@ -227,3 +227,17 @@ def _paths_by_identity(model) -> dict[int, str]:
 
 def _leaf_names(model) -> str:
     return ", ".join(_paths_by_identity(model).values())
+
+
+def perturbed_starts(start: tuple, num: int, scale: float, key, keep_first: bool = False) -> tuple:
+    """`num` copies of the fitted arrays stacked on a leading axis, each jittered by `scale` times
+    a standard normal (copy 0 left as given when `keep_first`): restarts, or chains' starts."""
+    leaves, treedef = jax.tree.flatten(start)
+    keys = jax.random.split(key, len(leaves))
+    stacked = []
+    for leaf, k in zip(leaves, keys, strict=True):
+        noise = jax.random.normal(k, (num, *leaf.shape), leaf.dtype)
+        if keep_first:
+            noise = noise.at[0].set(0.0)
+        stacked.append(leaf[None] + scale * noise)
+    return jax.tree.unflatten(treedef, stacked)

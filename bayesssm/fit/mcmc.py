@@ -15,7 +15,7 @@ from .._types import Key
 from ..diagnostics import to_arviz
 from ._objective import Objective, log_posterior
 from ._progress import progress_bar
-from ._selection import Selection
+from ._selection import Selection, perturbed_starts
 
 # Draws per compiled call between progress-bar updates.
 _CHUNK = 100
@@ -98,7 +98,7 @@ def sample_nuts(
     if bad:
         raise ValueError(f"The starting values of {', '.join(bad)} are not finite.")
     key_init, key_warm, key_draw, key_ppc = jax.random.split(key, 4)
-    starts = _jittered(start, num_chains, init_jitter, key_init)
+    starts = perturbed_starts(start, num_chains, init_jitter, key_init)
     warm_keys = jax.random.split(key_warm, num_chains)
 
     with progress_bar(num_warmup + num_samples, progress, "sample_nuts") as bar:
@@ -167,18 +167,6 @@ def _draw(states, parameters, keys, model, y, log_density: _LogDensity, size: in
         return jax.lax.scan(one, state, jax.random.split(key, size))
 
     return jax.vmap(one_chain)(states, parameters, keys)
-
-
-def _jittered(start, num_chains: int, scale: float, key):
-    leaves, treedef = jax.tree.flatten(start)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(
-        treedef,
-        [
-            leaf[None] + scale * jax.random.normal(k, (num_chains, *leaf.shape), leaf.dtype)
-            for leaf, k in zip(leaves, keys, strict=True)
-        ],
-    )
 
 
 def _inference_data(

@@ -19,7 +19,7 @@ from .._jit import filter_jit
 from .._types import Array, Float, Key
 from ._objective import Objective, log_posterior
 from ._progress import progress_bar
-from ._selection import Selection
+from ._selection import Selection, perturbed_starts
 
 # Steps run inside one compiled call between progress-bar updates.
 _CHUNK = 25
@@ -132,7 +132,7 @@ def fit_mle(
         raise ValueError(
             f"The starting values of {', '.join(bad)} are not finite; give finite values."
         )
-    starts = _restarts(start, num_restarts, restart_scale, start_key)
+    starts = perturbed_starts(start, num_restarts, restart_scale, start_key, keep_first=True)
     state = _init(starts, model, y_all, scale, loss, optimizer)
     _check_start(selection, state)
     values, grads = [], []
@@ -281,18 +281,6 @@ def _first_non_finite(selection: Selection, params: tuple, grad: tuple) -> Array
 
 def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _restarts(start, num_restarts: int, scale: float, key) -> tuple:
-    """The given start and `num_restarts - 1` perturbed copies, stacked on a leading axis."""
-    leaves, treedef = jax.tree.flatten(start)
-    keys = jax.random.split(key, len(leaves))
-    stacked = []
-    for leaf, k in zip(leaves, keys, strict=True):
-        noise = jax.random.normal(k, (num_restarts, *leaf.shape), leaf.dtype)
-        noise = noise.at[0].set(0.0)
-        stacked.append(leaf[None] + scale * noise)
-    return jax.tree.unflatten(treedef, stacked)
 
 
 def _check_settings(num_steps, num_restarts, batch_size, objective: Objective, key) -> None:
