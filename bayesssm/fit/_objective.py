@@ -3,6 +3,12 @@
 Checks y once in Python, then builds the engine's differentiable log-likelihood as a function of
 the fitted leaves. `y` may be one series (T, M) / (T,) or a batch (B, T, M), whose
 log-likelihoods add up.
+
+With no engine given, a linear-Gaussian model whose A, Q, H, R do not depend on t is fitted with
+`Kalman(gradient="fisher")` when its P0, Q and R are well conditioned at the start: the same
+log-likelihood, with the gradient from one steady-state smoothing pass (Fisher's identity) in
+place of reverse mode through the filter's recursion, several times cheaper. Elsewhere (singular
+or nearly singular covariances, time-varying models) the default engine's autodiff is used.
 """
 
 from __future__ import annotations
@@ -11,11 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import is_concrete
 from .._types import Scalar
 from ..data import check_observations, model_dtype, observations
-from ..ssm import AbstractSSM
+from ..inference.kalman import Kalman
+from ..ssm import AbstractLinearGaussianSSM, AbstractSSM
 from ..verbs import default_engine
 from ._selection import Selection
+
+# Fisher's identity divides by P0, Q and R: with a factor's smallest pivot below this fraction
+# of its largest (condition number above 1e12), its gradient would lose more than about 4 of 16
+# digits, and reverse mode through the square-root recursion is used instead.
+_FISHER_MIN_PIVOT_RATIO = 1e-6
 
 
 class Objective:
@@ -24,10 +37,10 @@ class Objective:
     def __init__(self, model, y, *, engine=None, inputs=None, batched: bool | None = None):
         if not isinstance(model, AbstractSSM):
             raise TypeError(f"model must be a bs.AbstractSSM, got {type(model).__name__}.")
-        self.engine = default_engine(model) if engine is None else engine
-        self.engine.check(model)
         y = y if hasattr(y, "shape") else np.asarray(y)
         self.batched = (np.ndim(y) == 3) if batched is None else batched
+        self.engine = default_engine(model) if engine is None else engine
+        self.engine.check(model)
         if self.batched:
             if np.ndim(y) != 3:
                 raise ValueError(f"A batch of series must have shape (B, T, M); got {np.shape(y)}.")
@@ -43,6 +56,8 @@ class Objective:
         # Objectives are divided by this so that tolerances mean the same for any T.
         self.scale = float(max(observed.sum(), 1))
         self.dtype = model_dtype(model)
+        if engine is None and _fisher_is_safe(model, y[0] if self.batched else y, inputs):
+            self.engine = Kalman(gradient="fisher")
 
     # An Objective is a static argument of the compiled fits; the data are not part of it (they
     # are passed to every method), so fits of new data with the same settings compile once.
@@ -83,6 +98,29 @@ class Objective:
             return one(y, key)
         keys = None if key is None else jax.random.split(key, y.shape[0])
         return jax.vmap(one)(y, keys)
+
+
+def _fisher_is_safe(model, y, inputs) -> bool:
+    """Whether `model` has time-invariant factors and well-conditioned P0, Q and R (checked on
+    concrete values; under a transformation the answer is no)."""
+    if not (isinstance(model, AbstractLinearGaussianSSM) and model.time_invariant_factors):
+        return False
+    if not all(is_concrete(leaf) for leaf in jax.tree.leaves(model)):
+        return False
+    step = observations(y, inputs, 0, model_dtype(model)).step(0)
+    factors = (
+        model.initial_params(step)[1],
+        model.transition_params(step)[2],
+        model.emission_params(step)[2],
+    )
+    for chol in factors:
+        if not is_concrete(chol):
+            return False
+        pivots = np.abs(np.diagonal(np.asarray(chol)))
+        well_conditioned = pivots.min() > _FISHER_MIN_PIVOT_RATIO * pivots.max()
+        if not (np.all(np.isfinite(pivots)) and well_conditioned):
+            return False
+    return True
 
 
 def log_posterior(

@@ -59,36 +59,84 @@ def expected_log_joint(
     model: AbstractLinearGaussianSSM, data: Observations, moments: Moments
 ) -> Scalar:
     r"""$E[\log p_\theta(x_{0:T-1}, y^{obs}_{0:T-1})]$ under `moments` (held fixed)."""
-    means, covs, cross = moments.means, moments.covs, moments.cross
-    D = means.shape[1]
+    means, covs = moments.means, moments.covs
+    T, D = means.shape
     m0, chol_P0 = model.initial_params(data.step(0))
-    total = _expected_log_density(means[0] - m0, covs[0], chol_P0) - 0.5 * D * _LOG_2PI
-
+    total = _expected_log_density(means[0] - m0, covs[0], chol_P0)
+    constant = -0.5 * (D * T + jnp.sum(data.observed)) * _LOG_2PI
+    if model.time_invariant_factors:
+        return total + _summed_terms(model, data, moments) + constant
     prev = jax.tree.map(lambda a: a[:-1], data.steps)
+    terms = jax.vmap(_transition_term, in_axes=(None, 0, 0, 0, 0, 0, 0))(
+        model, prev, means[:-1], covs[:-1], means[1:], covs[1:], moments.cross
+    )
+    total = total + jnp.sum(terms)
+    terms = jax.vmap(_emission_term, in_axes=(None, 0, 0, 0, 0, 0))(
+        model, data.steps, means, covs, data.values, data.observed
+    )
+    return total + jnp.sum(terms) + constant
 
-    def transition(step, mean, cov, mean_next, cov_next, cross_t):
-        A, b, chol_Q = model.transition_params(step)
-        residual = mean_next - A @ mean - b
-        coupling = A @ cross_t.T
-        spread = cov_next - coupling - coupling.T + A @ cov @ A.T
-        return _expected_log_density(residual, spread, chol_Q)
 
-    terms = jax.vmap(transition)(prev, means[:-1], covs[:-1], means[1:], covs[1:], cross)
-    total = total + jnp.sum(terms) - 0.5 * D * (means.shape[0] - 1) * _LOG_2PI
+def _transition_term(model, step, mean, cov, mean_next, cov_next, cross) -> Scalar:
+    A, b, chol_Q = model.transition_params(step)
+    residual = mean_next - A @ mean - b
+    coupling = A @ cross.T
+    spread = cov_next - coupling - coupling.T + A @ cov @ A.T
+    return _expected_log_density(residual, spread, chol_Q)
 
-    def emission(step, mean, cov, y, observed):
-        H, d, chol_R = model.emission_params(step)
-        # Missing entries: the factor of blockdiag(R_observed, I) and a zero residual row, as in
-        # the filter's update; they add nothing but a constant.
-        weight = observed.astype(mean.dtype)
-        noise = jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1)
-        chol = tria(noise)
-        H_obs = H * weight[:, None]
-        residual = weight * (y - H @ mean - d)
-        return _expected_log_density(residual, H_obs @ cov @ H_obs.T, chol)
 
-    terms = jax.vmap(emission)(data.steps, means, covs, data.values, data.observed)
-    return total + jnp.sum(terms) - 0.5 * jnp.sum(data.observed) * _LOG_2PI
+def _emission_term(model, step, mean, cov, y, observed) -> Scalar:
+    H, d, chol_R = model.emission_params(step)
+    # Missing entries: the factor of blockdiag(R_observed, I) and a zero residual row, as in the
+    # filter's update; they add nothing but a constant.
+    weight = observed.astype(mean.dtype)
+    chol = tria(jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1))
+    H_obs = H * weight[:, None]
+    residual = weight * (y - H @ mean - d)
+    return _expected_log_density(residual, H_obs @ cov @ H_obs.T, chol)
+
+
+def _summed_terms(model, data: Observations, moments: Moments) -> Scalar:
+    """The transition and emission terms when A, Q, H, R do not depend on t: each is one
+    Gaussian expectation with summed second moments, so the cost per step is a few products
+    instead of triangular solves. Rows with missing entries (if any) take the per-step form."""
+    means, covs, cross = moments.means, moments.covs, moments.cross
+    T = means.shape[0]
+    first = data.step(0)
+    A, _, chol_Q = model.transition_params(first)
+    H, _, chol_R = model.emission_params(first)
+    prev = jax.tree.map(lambda a: a[:-1], data.steps)
+    b = jax.vmap(lambda step: model.transition_params(step)[1])(prev)
+    d = jax.vmap(lambda step: model.emission_params(step)[1])(data.steps)
+
+    residual = means[1:] - means[:-1] @ A.T - b
+    summed_cross = jnp.sum(cross, axis=0)
+    coupling = A @ summed_cross.T
+    spread = (
+        jnp.sum(covs[1:], axis=0) - coupling - coupling.T + A @ jnp.sum(covs[:-1], axis=0) @ A.T
+    )
+    transition = _expected_log_sum(residual.T @ residual + spread, chol_Q, T - 1)
+
+    full = jnp.all(data.observed, axis=1)
+    weight = full.astype(means.dtype)
+    residual = (data.values - means @ H.T - d) * weight[:, None]
+    spread = H @ jnp.einsum("t,tij->ij", weight, covs) @ H.T
+    emission = _expected_log_sum(residual.T @ residual + spread, chol_R, jnp.sum(weight))
+
+    def partial_rows():
+        terms = jax.vmap(_emission_term, in_axes=(None, 0, 0, 0, 0, 0))(
+            model, data.steps, means, covs, data.values, data.observed
+        )
+        return jnp.sum(jnp.where(full, 0.0, terms))
+
+    partial = jax.lax.cond(jnp.all(full), lambda: jnp.zeros((), means.dtype), partial_rows)
+    return transition + emission + partial
+
+
+def _expected_log_sum(second_moment: Float[Array, "n n"], chol: Float[Array, "n n"], count):
+    """Sum over `count` terms of E[log N(r; 0, L L^T)] (without 2 pi) from sum E[r r^T]."""
+    half = solve_lower(chol, second_moment)
+    return -0.5 * jnp.trace(solve_lower(chol, half.T)) - count * log_abs_det(chol)
 
 
 def fisher_log_marginal(

@@ -31,7 +31,7 @@ from ._square_root import (
 )
 
 # Factors count as converged when a step changes them by less than this many ulps of their scale.
-_CONVERGED_ULPS = 64
+CONVERGED_ULPS = 64
 
 
 def _covariance_pass(
@@ -65,7 +65,7 @@ def _covariance_pass(
     buffers = write(buffers, 0, (chol0, chol_P0, whiten0, gain0, log_det0))
     missing_rows = ~jnp.all(observed, axis=1)
     last_missing = jnp.max(jnp.where(missing_rows, jnp.arange(T), -1))
-    tol = _CONVERGED_ULPS * jnp.finfo(dtype).eps
+    tol = CONVERGED_ULPS * jnp.finfo(dtype).eps
 
     def keep_going(state):
         t, _, done, _ = state
@@ -223,8 +223,18 @@ def _batch_mean_scan(
     return jnp.moveaxis(means, -1, 0), jnp.moveaxis(lls, -1, 0), jnp.moveaxis(mean_preds, -1, 0)
 
 
-def steady_filter(plain: Callable, model, data: Observations, parallel: bool = False):
-    """`plain(model, data)`'s outputs by the two-pass shortcut; derivatives are `plain`'s."""
+def steady_filter(
+    plain: Callable,
+    model,
+    data: Observations,
+    parallel: bool = False,
+    share_under_vmap: bool = True,
+):
+    """`plain(model, data)`'s outputs by the two-pass shortcut; derivatives are `plain`'s.
+
+    With `share_under_vmap`, a `jax.vmap` over series that share the model runs one covariance
+    pass for the batch (`custom_vmap`). Without it, a plain `vmap` batches everything: for
+    callers inside other custom rules, where `custom_vmap` can fail on batched residuals."""
     dynamic, static = eqx.partition((model, data), eqx.is_array)
 
     def call(fn, dyn):
@@ -259,12 +269,26 @@ def steady_filter(plain: Callable, model, data: Observations, parallel: bool = F
         same_pattern = jnp.all(observed == observed[:1])
         return jax.lax.cond(same_pattern, shared, everywhere, dyn), out_batched
 
+    def fast_call(model, data):
+        if not share_under_vmap:
+            return two_pass(model, data)
+        return fast(eqx.partition((model, data), eqx.is_array)[0])
+
+    return with_plain_derivatives(fast_call, plain, model, data)
+
+
+def with_plain_derivatives(fast: Callable, plain: Callable, *args):
+    """`fast(*args)`, differentiated as `plain(*args)` (any order, forward or reverse): for
+    shortcuts that equal an exact recursion to rounding but cannot be differentiated themselves
+    (their while loops have no reverse mode)."""
+    dynamic, static = eqx.partition(args, eqx.is_array)
+
     @jax.custom_jvp
     def evaluate(dyn):
-        return fast(dyn)
+        return fast(*eqx.combine(dyn, static))
 
     @evaluate.defjvp
     def evaluate_jvp(primals, tangents):
-        return jax.jvp(lambda d: call(plain, d), primals, tangents)
+        return jax.jvp(lambda d: plain(*eqx.combine(d, static)), primals, tangents)
 
     return evaluate(dynamic)

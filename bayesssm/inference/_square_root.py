@@ -160,15 +160,11 @@ class BackwardKernel(NamedTuple):
     chol: Float[Array, "D D"]
 
 
-def backward_kernel(
-    mean: Float[Array, " D"],
-    chol: Float[Array, "D D"],
-    A: Float[Array, "D D"],
-    b: Float[Array, " D"],
-    chol_Q: Float[Array, "D D"],
-) -> BackwardKernel:
-    """The Rauch-Tung-Striebel conditional of x_t given x_{t+1}, from the filter at t."""
-    D = mean.shape[0]
+def backward_factors(
+    chol: Float[Array, "D D"], A: Float[Array, "D D"], chol_Q: Float[Array, "D D"]
+) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
+    """The data-free part of a backward kernel: its gain and factor, from the filter's factor."""
+    D = chol.shape[0]
     joint = tria(
         jnp.concatenate(
             [
@@ -180,4 +176,16 @@ def backward_kernel(
     )
     chol_pred, cross, chol_cond = joint[:D, :D], joint[D:, :D], joint[D:, D:]
     gain = solve_lower_transposed(chol_pred, cross.T).T
+    return gain, chol_cond
+
+
+def backward_kernel(
+    mean: Float[Array, " D"],
+    chol: Float[Array, "D D"],
+    A: Float[Array, "D D"],
+    b: Float[Array, " D"],
+    chol_Q: Float[Array, "D D"],
+) -> BackwardKernel:
+    """The Rauch-Tung-Striebel conditional of x_t given x_{t+1}, from the filter at t."""
+    gain, chol_cond = backward_factors(chol, A, chol_Q)
     return BackwardKernel(gain, mean - gain @ (A @ mean + b), chol_cond)

@@ -12,7 +12,8 @@ from ..ssm import AbstractLinearGaussianSSM, require_capability
 from ._kalman_parallel import filter_parallel, sample_parallel, smooth_parallel
 from ._kalman_score import Moments, fisher_log_marginal
 from ._kalman_sequential import filter_sequential, sample_sequential, smooth_sequential
-from ._kalman_steady import steady_filter
+from ._kalman_steady import steady_filter, with_plain_derivatives
+from ._kalman_steady_smoother import steady_backward
 from ._square_root import backward_kernel, tria
 from .results import FilterResult, ForecastResult, SmootherResult
 
@@ -31,9 +32,10 @@ class Kalman(eqx.Module):
     `steady_state=True` (the default) speeds up filtering of models whose A, Q, H, R do not depend
     on t: the data-free covariance recursion runs once, until it has converged to rounding and
     every later row is fully observed, and the data then flow through the stored gains (in
-    parallel: an associative scan over affine maps). Results equal the full recursion's to a few
-    ulps; derivatives are always those of the full recursion. `False` runs the full square-root
-    recursion at every step.
+    parallel: an associative scan over affine maps). Smoothing and sampling likewise run the
+    backward covariance recursion only where it changes. Results equal the full recursion's to a
+    few ulps; derivatives are always those of the full recursion. `False` runs the full
+    square-root recursion at every step.
 
     `gradient` says how `log_marginal` is differentiated: "autodiff" (the default) through the
     filter's recursion; "fisher" by Fisher's identity from one smoothing pass (exact to rounding,
@@ -72,10 +74,13 @@ class Kalman(eqx.Module):
     def filter(
         self, model: AbstractLinearGaussianSSM, data: Observations, key: Key | None = None
     ) -> FilterResult:
+        return self._filter(model, data)
+
+    def _filter(self, model, data: Observations, share_under_vmap: bool = True) -> FilterResult:
         parallel = self._use_parallel()
         full = filter_parallel if parallel else filter_sequential
         if self.steady_state and model.time_invariant_factors:
-            outputs = steady_filter(full, model, data, parallel)
+            outputs = steady_filter(full, model, data, parallel, share_under_vmap)
         else:
             outputs = full(model, data)
         means, chols, lls, pred_means, pred_chols = outputs
@@ -89,18 +94,33 @@ class Kalman(eqx.Module):
 
         return jax.vmap(kernel)(filtered.means[:-1], filtered.chols[:-1], steps)
 
+    def _backward(self, model, data: Observations, filtered: FilterResult):
+        """The backward kernels and the smoothed means and factors."""
+        parallel = self._use_parallel()
+
+        def plain(model, data, filtered):
+            kernels = self._kernels(model, data, filtered)
+            run = smooth_parallel if parallel else smooth_sequential
+            return kernels, *run(kernels, filtered.means[-1], filtered.chols[-1])
+
+        if not (self.steady_state and model.time_invariant_factors and data.num_timesteps > 1):
+            return plain(model, data, filtered)
+
+        def fast(model, data, filtered):
+            return steady_backward(model, data, filtered.means, filtered.chols, parallel)
+
+        return with_plain_derivatives(fast, plain, model, data, filtered)
+
     def smooth(self, model, data: Observations, key: Key | None = None) -> SmootherResult:
         filtered = self.filter(model, data)
-        kernels = self._kernels(model, data, filtered)
-        run = smooth_parallel if self._use_parallel() else smooth_sequential
-        means, chols = run(kernels, filtered.means[-1], filtered.chols[-1])
+        _, means, chols = self._backward(model, data, filtered)
         return SmootherResult(means, _gram(chols), chols, filtered.log_marginal, filtered)
 
     def sample_posterior(
         self, model, data: Observations, key: Key, num_samples: int = 1
     ) -> Float[Array, "S T D"]:
         filtered = self.filter(model, data)
-        kernels = self._kernels(model, data, filtered)
+        kernels, _, _ = self._backward(model, data, filtered)
         run = sample_parallel if self._use_parallel() else sample_sequential
         return run(key, kernels, filtered.means[-1], filtered.chols[-1], num_samples)
 
@@ -116,10 +136,8 @@ class Kalman(eqx.Module):
 
     def _moments(self, model, data: Observations) -> tuple[Float[Array, ""], Moments]:
         """log p(y) and the smoothed moments Fisher's identity needs."""
-        filtered = self.filter(model, data)
-        kernels = self._kernels(model, data, filtered)
-        run = smooth_parallel if self._use_parallel() else smooth_sequential
-        means, chols = run(kernels, filtered.means[-1], filtered.chols[-1])
+        filtered = self._filter(model, data, share_under_vmap=False)
+        kernels, means, chols = self._backward(model, data, filtered)
         covs = _gram(chols)
         cross = covs[1:] @ jnp.swapaxes(kernels.gain, -1, -2)
         return filtered.log_marginal, Moments(means, covs, cross)

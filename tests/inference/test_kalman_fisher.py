@@ -36,8 +36,10 @@ def random_model(rng, time_varying=False, controls=False):
     )
 
 
-def data(rng, model, inputs=None):
+def data(rng, model, inputs=None, complete=False):
     y = np.array(model.sample(jax.random.key(0), T, inputs=inputs)[1])
+    if complete:
+        return y
     y[rng.random(y.shape) < 0.2] = np.nan
     y[40:44] = np.nan
     return y
@@ -56,13 +58,21 @@ def assert_trees_close(a, b, rtol=1e-8):
 
 @pytest.mark.parametrize(
     "case, parallel",
-    [("invariant", False), ("time_varying", False), ("controls", False), ("invariant", True)],
+    [
+        ("invariant", False),
+        ("complete", False),
+        ("time_varying", False),
+        ("controls", False),
+        ("invariant", True),
+    ],
 )
 def test_parameter_gradients_match_the_recursion(case, parallel):
+    # "complete" (no missing entries) takes the summed form of the expected log-joint for
+    # time-invariant models with no per-step rows at all.
     rng = np.random.default_rng(1)
     model = random_model(rng, time_varying=case == "time_varying", controls=case == "controls")
     inputs = rng.normal(size=(T, U)) if case == "controls" else None
-    y = data(rng, model, inputs)
+    y = data(rng, model, inputs, complete=case == "complete")
     # The reference is always the sequential recursion: the same function, differentiated
     # independently (and far cheaper to compile than the parallel one).
     assert_trees_close(

@@ -3,7 +3,10 @@
 The full recursion is itself checked against statsmodels and a dense oracle in
 test_kalman_exact.py; here every shortcut path is compared with it: single series, a batch under
 `jax.vmap` sharing one missingness pattern (one covariance pass), a batch with different patterns,
-batched control inputs, and derivatives (which always come from the full recursion).
+batched control inputs, and derivatives (which always come from the full recursion). The same
+for the steady smoother (backward kernels held once the filter's factors are constant, the
+smoothed factors' recursion skipped where it has converged): smoothed moments, paths drawn with
+the same key, and derivatives.
 """
 
 import equinox as eqx
@@ -107,3 +110,52 @@ def test_derivatives_are_the_full_recursions(model, batch):
         jax.jvp(loss(bs.Kalman(parallel=False)), (model.A,), (tangent,))[1],
         jax.jvp(loss(FULL), (model.A,), (tangent,))[1],
     )
+
+
+def smoother_cases(batch):
+    """Series whose missing rows sit early (a long constant stretch for the smoother to skip),
+    late (the filter converges only at the end), on the last step, and nowhere."""
+    y, u = np.array(batch[0][0]), batch[1][0]
+    late, last, complete = y.copy(), y.copy(), y.copy()
+    late[110] = np.nan
+    last[-1, 1] = np.nan
+    complete[np.isnan(complete)] = 0.3
+    return {"early": (y, u), "late": (late, u), "last": (last, u), "complete": (complete, u)}
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("case", ["early", "late", "last", "complete"])
+def test_smoother_equals_full_recursion(model, batch, parallel, case):
+    y, u = smoother_cases(batch)[case]
+    engine = bs.Kalman(parallel=parallel)
+    fast = bs.smooth(model, y, inputs=u, engine=engine)
+    full = bs.smooth(model, y, inputs=u, engine=FULL)
+    for name in ("means", "covs"):
+        assert_close(getattr(fast, name), getattr(full, name))
+    key = jax.random.key(5)
+    assert_close(
+        bs.sample_posterior(model, y, key=key, num_samples=3, inputs=u, engine=engine),
+        bs.sample_posterior(model, y, key=key, num_samples=3, inputs=u, engine=FULL),
+    )
+
+
+def test_smoother_under_vmap(model, batch):
+    ys, us = batch
+    means = jax.vmap(lambda y, u: bs.smooth(model, y, inputs=u).means)(ys, us)
+    full = np.stack(
+        [bs.smooth(model, y, inputs=v, engine=FULL).means for y, v in zip(ys, us, strict=True)]
+    )
+    assert_close(means, full)
+
+
+def test_smoother_derivatives_are_the_full_recursions(model, batch):
+    y, u = batch[0][0], batch[1][0]
+
+    def loss(engine):
+        def of_A(A):
+            smoothed = bs.smooth(eqx.tree_at(lambda m: m.A, model, A), y, inputs=u, engine=engine)
+            return jnp.sum(smoothed.means**2) + jnp.sum(smoothed.covs)
+
+        return of_A
+
+    assert_close(jax.grad(loss(bs.Kalman(parallel=False)))(model.A), jax.grad(loss(FULL))(model.A))
