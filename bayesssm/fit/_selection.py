@@ -233,6 +233,8 @@ def perturbed_starts(start: tuple, num: int, scale: float, key, keep_first: bool
     """`num` copies of the fitted arrays stacked on a leading axis, each jittered by `scale` times
     a standard normal (copy 0 left as given when `keep_first`): restarts, or chains' starts."""
     leaves, treedef = jax.tree.flatten(start)
+    if keep_first and num == 1:  # nothing to draw (and no sampler to compile)
+        return jax.tree.unflatten(treedef, [leaf[None] for leaf in leaves])
     keys = jax.random.split(key, len(leaves))
     stacked = []
     for leaf, k in zip(leaves, keys, strict=True):

@@ -191,13 +191,20 @@ def _init(starts, model, y, scale, loss, optimizer) -> _State:
             jnp.asarray(-1),
         )
 
-    return jax.vmap(one)(starts)
+    # Strongly typed leaves: a chunk's output state then has the same types as its input, so the
+    # chunk program compiles once (a weakly typed optax field would otherwise recompile it).
+    return jax.tree.map(_strongly_typed, jax.vmap(one)(starts))
+
+
+def _strongly_typed(x):
+    return jnp.array(x, dtype=x.dtype) if eqx.is_array(x) else x
 
 
 @filter_jit
 def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, batch_size):
     """`size` optimiser steps for every restart; finished restarts stand still."""
-    reuses_line_search = optax.tree_utils.tree_get(state.opt_state, "value") is not None
+    stored = [optax.tree_utils.tree_get(state.opt_state, name) for name in ("value", "grad")]
+    reuses_line_search = all(x is not None for x in stored)
 
     def one_restart(state, key):
         def step(state, key):
@@ -214,10 +221,13 @@ def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, ba
                 grad, state.opt_state, state.params, value=value, grad=grad, value_fn=value_fn
             )
             params = optax.apply_updates(state.params, updates)
-            if reuses_line_search:  # L-BFGS's line search has evaluated the new point already
-                new_value, new_grad = optax.value_and_grad_from_state(value_fn)(
-                    params, state=opt_state
-                )
+            if reuses_line_search:
+                # L-BFGS's line search has evaluated the new point already. Read it directly:
+                # `optax.value_and_grad_from_state` would add a third copy of the gradient
+                # program to this one (in a `cond` for uninitialised states), which only costs
+                # compile time.
+                new_value = optax.tree_utils.tree_get(opt_state, "value")
+                new_grad = optax.tree_utils.tree_get(opt_state, "grad")
             else:
                 new_value, new_grad = jax.value_and_grad(value_fn)(params)
             finite = jnp.isfinite(new_value) & _all_finite(new_grad)
