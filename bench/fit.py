@@ -618,8 +618,13 @@ def profile(setup: Setup, results: list[Result]) -> list[str]:
         return (time.perf_counter() - begin) / repeats
 
     params, static = eqx.partition(start, eqx.is_inexact_array)
-    for steady in (True, False):
-        engine = bs.Kalman(parallel=False, steady_state=steady)
+    engines = {
+        "Kalman(steady_state=True)": bs.Kalman(parallel=False),
+        "Kalman(steady_state=False)": bs.Kalman(parallel=False, steady_state=False),
+        # What fit_mle uses here (P0, Q, R well conditioned): Fisher's identity.
+        'Kalman(gradient="fisher")': bs.Kalman(parallel=False, gradient="fisher"),
+    }
+    for label, engine in engines.items():
 
         def loglik(p, engine=engine):
             return bs.log_marginal(eqx.combine(p, static), y, engine=engine)
@@ -629,7 +634,7 @@ def profile(setup: Setup, results: list[Result]) -> list[str]:
         one = jax.tree.map(lambda x: x[None], params)
         batched = per_call(jax.jit(jax.vmap(jax.value_and_grad(loglik))), one)
         lines.append(
-            f"  bs.log_marginal, Kalman(steady_state={steady}): value {fmt_time(value)}, "
+            f"  bs.log_marginal, {label}: value {fmt_time(value)}, "
             f"value_and_grad {fmt_time(grad)}, value_and_grad under vmap (batch of 1) "
             f"{fmt_time(batched)}"
         )
@@ -644,8 +649,8 @@ def profile(setup: Setup, results: list[Result]) -> list[str]:
 
 
 def plain_lbfgs(setup: Setup, steps: int = 100) -> str:
-    """The L-BFGS loop of bs.fit_mle (same loss, same optax.lbfgs) as one lax.scan without the
-    vmap over restarts, for comparison with fit_mle's per-step time."""
+    """The L-BFGS loop of bs.fit_mle (same loss and gradient, same optax.lbfgs) as one lax.scan
+    without the vmap over restarts, for comparison with fit_mle's per-step and compile times."""
     import optax
 
     import bayesssm as bs
@@ -653,7 +658,7 @@ def plain_lbfgs(setup: Setup, steps: int = 100) -> str:
     start = bs_model(setup, setup.start)
     y = jnp.asarray(setup.y)
     names = setup.leaves
-    engine = bs.Kalman(parallel=False)
+    engine = bs.Kalman(parallel=False, gradient="fisher")  # as fit_mle picks for this model
 
     def value_fn(fitted):
         model = _replace(start, names, fitted)
