@@ -13,6 +13,7 @@ or nearly singular covariances, time-varying models) the default engine's autodi
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,13 +108,7 @@ def _fisher_is_safe(model, y, inputs) -> bool:
         return False
     if not all(is_concrete(leaf) for leaf in jax.tree.leaves(model)):
         return False
-    step = observations(y, inputs, 0, model_dtype(model)).step(0)
-    factors = (
-        model.initial_params(step)[1],
-        model.transition_params(step)[2],
-        model.emission_params(step)[2],
-    )
-    for chol in factors:
+    for chol in _start_factors(model, y, inputs):
         if not is_concrete(chol):
             return False
         pivots = np.abs(np.diagonal(np.asarray(chol)))
@@ -121,6 +116,17 @@ def _fisher_is_safe(model, y, inputs) -> bool:
         if not (np.all(np.isfinite(pivots)) and well_conditioned):
             return False
     return True
+
+
+@eqx.filter_jit
+def _start_factors(model, y, inputs) -> tuple:
+    """chol P0, chol Q_0 and chol R_0, as one compiled program."""
+    step = observations(y, inputs, 0, model_dtype(model)).step(0)
+    return (
+        model.initial_params(step)[1],
+        model.transition_params(step)[2],
+        model.emission_params(step)[2],
+    )
 
 
 def log_posterior(

@@ -120,7 +120,7 @@ class Selection:
         """Names of the fitted leaves whose values have NaN or inf entries (concrete params)."""
         return [
             name
-            for name, value in zip(self.names, self.values(params), strict=True)
+            for name, value in zip(self.names, _values(self, params), strict=True)
             if not np.all(np.isfinite(np.asarray(value)))
         ]
 
@@ -227,6 +227,12 @@ def _paths_by_identity(model) -> dict[int, str]:
 
 def _leaf_names(model) -> str:
     return ", ".join(_paths_by_identity(model).values())
+
+
+@eqx.filter_jit
+def _values(selection: Selection, params: tuple) -> tuple:
+    """`selection.values` as one compiled program (eagerly it would compile one per operation)."""
+    return selection.values(params)
 
 
 def perturbed_starts(start: tuple, num: int, scale: float, key, keep_first: bool = False) -> tuple:

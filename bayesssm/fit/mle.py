@@ -147,9 +147,11 @@ def fit_mle(
             values.append(trace[0])
             grads.append(trace[1])
             done += size
-            best = float(jnp.min(jnp.where(state.failed, jnp.inf, state.value)))
+            # Host-side (NumPy) checks: eager jnp ops would each compile a small program.
+            failed, value = np.asarray(state.failed), np.asarray(state.value)
+            best = float(np.min(np.where(failed, np.inf, value)))
             bar.update(size, best * objective.scale)
-            if not stochastic and bool(jnp.all(state.converged | state.failed)):
+            if not stochastic and bool(np.all(np.asarray(state.converged) | failed)):
                 break
     return _finish(selection, objective, model, state, values, grads)
 
@@ -314,14 +316,18 @@ def _check_settings(num_steps, num_restarts, batch_size, objective: Objective, k
 def _check_start(selection: Selection, state: _State) -> None:
     """A start (restart 0, the model as given) where the objective or its gradient is not
     finite is reported by name, before optimising."""
-    if not np.isfinite(float(state.value[0])):
+    if not np.isfinite(np.asarray(state.value)[0]):
         raise ValueError(
             "The objective is not finite at the starting model although every fitted value is: "
             "the data are impossible under it (for example a zero variance), or a prior excludes "
             "the start."
         )
-    first = jax.tree.map(lambda g: g[0], state.grad)
-    bad = [n for n, g in zip(selection.names, first, strict=True) if not bool(_all_finite(g))]
+    first = jax.tree.map(lambda g: np.asarray(g)[0], state.grad)
+    bad = [
+        n
+        for n, g in zip(selection.names, first, strict=True)
+        if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(g))
+    ]
     if bad:
         raise ValueError(
             f"The gradient with respect to {', '.join(bad)} is not finite at the start."
@@ -361,7 +367,7 @@ def _finish(selection: Selection, objective: Objective, model, state: _State, va
     steps = int(np.asarray(state.steps)[best])
     value_trace = np.concatenate([np.asarray(v) for v in values], axis=1)[best, :steps]
     grad_trace = np.concatenate([np.asarray(g) for g in grads], axis=1)[best, :steps]
-    params = jax.tree.map(lambda x: x[best], state.params)
+    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[best]), state.params)
     converged = bool(np.asarray(state.converged)[best])
     history = MLEHistory(
         objective=jnp.asarray(value_trace * objective.scale),
