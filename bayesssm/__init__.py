@@ -6,6 +6,7 @@ smoothed = bs.smooth(model, y)
 """
 
 from . import diagnostics, fit, inference, models, numpyro, params
+from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts
 from .inference import FilterResult, ForecastResult, Kalman, SmootherResult
@@ -25,6 +26,7 @@ from .verbs import default_engine, filter, forecast, log_marginal, sample_poster
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "TimeSeries",
     "to_arviz",
     "plot_states",
     "plot_posterior_predictive",

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_finite, is_concrete
-from ._types import Array, Bool, Float
-from .ssm import AbstractSSM, StepInputs, step_inputs
+from .._checks import check_finite, is_concrete
+from .._types import Array, Bool, Float
+from ..ssm import AbstractSSM, StepInputs, step_inputs
 
 
 class Observations(eqx.Module):
