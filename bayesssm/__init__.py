@@ -5,12 +5,13 @@ model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
 smoothed = bs.smooth(model, y)
 """
 
-from . import diagnostics, fit, inference, models, numpyro, params
+from . import diagnostics, fit, inference, kernels, models, numpyro, params
 from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts
+from .impute import ImputeResult, impute
 from .inference import FilterResult, ForecastResult, Kalman, SmootherResult
-from .models import LinearGaussianSSM
+from .models import GPStateSpace, LinearGaussianSSM
 from .params import (
     AbstractConstrained,
     Correlation,
@@ -26,6 +27,10 @@ from .verbs import default_engine, filter, forecast, log_marginal, sample_poster
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ImputeResult",
+    "impute",
+    "GPStateSpace",
+    "kernels",
     "TimeSeries",
     "to_arviz",
     "plot_states",

@@ -11,6 +11,7 @@ import numpy as np
 from .._checks import check_finite, is_concrete
 from .._types import Array, Bool, Float
 from ..ssm import AbstractSSM, StepInputs, step_inputs
+from ._timeseries import TimeSeries
 
 
 class Observations(eqx.Module):
@@ -29,11 +30,14 @@ class Observations(eqx.Module):
 
 
 def check_observations(model: AbstractSSM, y, inputs=None, extra_steps: int = 0):
-    """Validate y (T, M) or (T,) and control inputs against `model`, in Python, before tracing.
+    """Validate y (T, M) or (T,) or a `TimeSeries`, and control inputs, against `model`, in
+    Python, before tracing.
 
     Returns y as a 2-D array (unchanged otherwise) and the inputs. Value checks (inf, all-NaN) run
     when y holds values; under a transformation they are skipped, shapes are still checked.
     """
+    if isinstance(y, TimeSeries):
+        return _check_series(model, y, inputs, extra_steps)
     shape = tuple(np.shape(y))
     if len(shape) == 1:
         y = y[:, None] if hasattr(y, "ndim") else np.asarray(y)[:, None]
@@ -50,22 +54,45 @@ def check_observations(model: AbstractSSM, y, inputs=None, extra_steps: int = 0)
                 raise ValueError("y has infinite entries; mark missing values with NaN instead.")
             if np.isnan(values).all():
                 raise ValueError("y is all NaN: there is nothing to condition on.")
-    total = np.shape(y)[0] + extra_steps
+    _check_inputs(model, np.shape(y)[0] + extra_steps, np.shape(y)[1], inputs)
+    return y, inputs
+
+
+def _check_series(model: AbstractSSM, series: TimeSeries, inputs, extra_steps: int):
+    """A TimeSeries validated itself when built; what is left is how it fits the model."""
+    if extra_steps:
+        raise ValueError(
+            "forecasting past a TimeSeries needs the future times: use "
+            "bs.impute(model, series, at=future_times)."
+        )
+    _check_inputs(model, series.num_timesteps, series.obs_dim, inputs)
+    return series, inputs
+
+
+def _check_inputs(model: AbstractSSM, total: int, obs_dim: int, inputs) -> None:
     if inputs is not None:
         if np.ndim(inputs) != 2:
             raise ValueError(
                 f"inputs must have shape (T, U) with T = {total}, got {tuple(np.shape(inputs))}."
             )
         check_finite("inputs", inputs)
-    model.check_data(total, np.shape(y)[1], inputs)
-    return y, inputs
+    model.check_data(total, obs_dim, inputs)
 
 
 def observations(y, inputs=None, extra_steps: int = 0, dtype=None) -> Observations:
     """`Observations` from checked y (T, M) and inputs; runs inside jit.
 
-    `extra_steps` appends that many unobserved steps (for forecasting).
+    `extra_steps` appends that many unobserved steps (for forecasting). A `TimeSeries` gives its
+    values and, as each step's `dt`, the time to the next step (0 after the last).
     """
+    if isinstance(y, TimeSeries):
+        values = jnp.asarray(y.values, dtype)
+        times = jnp.asarray(y.times, values.dtype)
+        dts = jnp.concatenate([jnp.diff(times), jnp.zeros((1,), values.dtype)])
+        observed = ~jnp.isnan(values)
+        controls = None if inputs is None else jnp.asarray(inputs, values.dtype)
+        steps = step_inputs(values.shape[0], controls, dts)
+        return Observations(jnp.where(observed, values, 0.0), observed, steps)
     y = jnp.asarray(y, dtype)
     if extra_steps:
         y = jnp.concatenate([y, jnp.full((extra_steps, y.shape[1]), jnp.nan, y.dtype)])

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._checks import is_concrete
 from .._types import Scalar
-from ..data import check_observations, model_dtype, observations
+from ..data import TimeSeries, check_observations, model_dtype, observations
 from ..inference.kalman import Kalman
 from ..ssm import AbstractLinearGaussianSSM, AbstractSSM
 from ..verbs import default_engine
@@ -38,8 +38,9 @@ class Objective:
     def __init__(self, model, y, *, engine=None, inputs=None, batched: bool | None = None):
         if not isinstance(model, AbstractSSM):
             raise TypeError(f"model must be a bs.AbstractSSM, got {type(model).__name__}.")
-        y = y if hasattr(y, "shape") else np.asarray(y)
-        self.batched = (np.ndim(y) == 3) if batched is None else batched
+        is_series = isinstance(y, TimeSeries)
+        y = y if is_series or hasattr(y, "shape") else np.asarray(y)
+        self.batched = (not is_series and np.ndim(y) == 3) if batched is None else batched
         self.engine = default_engine(model) if engine is None else engine
         self.engine.check(model)
         if self.batched:
@@ -53,12 +54,24 @@ class Objective:
             self.num_series = 1
         self.y = y
         self.inputs = inputs
-        observed = ~np.isnan(np.asarray(y, dtype=float))
+        observed = ~np.isnan(self.values())
         # Objectives are divided by this so that tolerances mean the same for any T.
         self.scale = float(max(observed.sum(), 1))
         self.dtype = model_dtype(model)
         if engine is None and _fisher_is_safe(model, y[0] if self.batched else y, inputs):
             self.engine = Kalman(gradient="fisher")
+
+    def values(self) -> np.ndarray:
+        """The observations as a NumPy array, (T, M) or (B, T, M), NaN where missing."""
+        y = self.y.values if isinstance(self.y, TimeSeries) else self.y
+        return np.asarray(y, dtype=float)
+
+    def device_y(self):
+        """The data as the compiled fits take them: an array in the model's dtype, or the
+        `TimeSeries` itself (its times travel with it)."""
+        if isinstance(self.y, TimeSeries):
+            return self.y
+        return jnp.asarray(self.y, self.dtype)
 
     # An Objective is a static argument of the compiled fits; the data are not part of it (they
     # are passed to every method), so fits of new data with the same settings compile once.

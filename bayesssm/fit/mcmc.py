@@ -90,7 +90,7 @@ def sample_nuts(
             f"{type(objective.engine).__name__} gives a random log-likelihood estimate; NUTS "
             "needs an exact, differentiable one (use particle MCMC for random engines)."
         )
-    y_all = jnp.asarray(objective.y, objective.dtype)
+    y_all = objective.device_y()
 
     log_density = _LogDensity(selection, objective)
     start = selection.params(model)
@@ -203,7 +203,7 @@ def _inference_data(
         "lp": np.asarray(logdensity),
         "step_size": step_size,
     }
-    observed = np.asarray(objective.y, dtype=float)
+    observed = objective.values()
     if objective.batched:
         dims = {"y": ("series", "time", "obs"), **(dims or {})}
     return to_arviz(

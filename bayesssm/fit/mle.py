@@ -116,7 +116,7 @@ def fit_mle(
     _check_settings(num_steps, num_restarts, batch_size, objective, key)
     stochastic = batch_size is not None
     optimizer = _with_extra_args(optimizer or (_DEFAULT_ADAM if stochastic else _DEFAULT_LBFGS))
-    y_all = jnp.asarray(objective.y, objective.dtype)
+    y_all = objective.device_y()
     if key is None:
         key = jax.random.key(0)  # only used by deterministic paths; never for randomness
     key, start_key = jax.random.split(key)

@@ -175,7 +175,7 @@ def fit_vi(
     selection = Selection(model, where, priors)
     selection.require_priors("fit_vi")
     objective = Objective(model, y, engine=engine, inputs=inputs)
-    y_all = jnp.asarray(objective.y, objective.dtype)
+    y_all = objective.device_y()
     sites = _Sites(selection, model)
     key, check_key, init_key, draw_key = jax.random.split(key, 4)
 
@@ -267,7 +267,7 @@ def _inference_data(
         dims = {"y": ("series", "time", "obs"), **(dims or {})}
     return to_arviz(
         posterior,
-        observed_data={"y": np.asarray(objective.y, dtype=float)},
+        observed_data={"y": objective.values()},
         dims=dims,
         coords=coords,
     )
