@@ -85,20 +85,17 @@ def observations(y, inputs=None, extra_steps: int = 0, dtype=None) -> Observatio
     `extra_steps` appends that many unobserved steps (for forecasting). A `TimeSeries` gives its
     values and, as each step's `dt`, the time to the next step (0 after the last).
     """
-    if isinstance(y, TimeSeries):
-        values = jnp.asarray(y.values, dtype)
-        times = jnp.asarray(y.times, values.dtype)
-        dts = jnp.concatenate([jnp.diff(times), jnp.zeros((1,), values.dtype)])
-        observed = ~jnp.isnan(values)
-        controls = None if inputs is None else jnp.asarray(inputs, values.dtype)
-        steps = step_inputs(values.shape[0], controls, dts)
-        return Observations(jnp.where(observed, values, 0.0), observed, steps)
+    dts = None
+    if isinstance(y, TimeSeries):  # checked: no extra steps
+        times, y = y.times, jnp.asarray(y.values, dtype)
+        dts = jnp.concatenate([jnp.diff(jnp.asarray(times, y.dtype)), jnp.zeros((1,), y.dtype)])
     y = jnp.asarray(y, dtype)
     if extra_steps:
         y = jnp.concatenate([y, jnp.full((extra_steps, y.shape[1]), jnp.nan, y.dtype)])
     observed = ~jnp.isnan(y)
     controls = None if inputs is None else jnp.asarray(inputs, y.dtype)
-    return Observations(jnp.where(observed, y, 0.0), observed, step_inputs(y.shape[0], controls))
+    steps = step_inputs(y.shape[0], controls, dts)
+    return Observations(jnp.where(observed, y, 0.0), observed, steps)
 
 
 def model_dtype(model) -> jnp.dtype:

@@ -94,6 +94,9 @@ class Kalman(eqx.Module):
 
         return jax.vmap(kernel)(filtered.means[:-1], filtered.chols[:-1], steps)
 
+    def _steady_backward(self, model, data: Observations) -> bool:
+        return self.steady_state and model.time_invariant_factors and data.num_timesteps > 1
+
     def _backward(self, model, data: Observations, filtered: FilterResult):
         """The backward kernels and the smoothed means and factors."""
         parallel = self._use_parallel()
@@ -103,7 +106,7 @@ class Kalman(eqx.Module):
             run = smooth_parallel if parallel else smooth_sequential
             return kernels, *run(kernels, filtered.means[-1], filtered.chols[-1])
 
-        if not (self.steady_state and model.time_invariant_factors and data.num_timesteps > 1):
+        if not self._steady_backward(model, data):
             return plain(model, data, filtered)
 
         def fast(model, data, filtered):
@@ -120,7 +123,10 @@ class Kalman(eqx.Module):
         self, model, data: Observations, key: Key, num_samples: int = 1
     ) -> Float[Array, "S T D"]:
         filtered = self.filter(model, data)
-        kernels, _, _ = self._backward(model, data, filtered)
+        if self._steady_backward(model, data):  # its kernels come with the smoothed factors
+            kernels, _, _ = self._backward(model, data, filtered)
+        else:  # only the kernels: no smoothing pass
+            kernels = self._kernels(model, data, filtered)
         run = sample_parallel if self._use_parallel() else sample_sequential
         return run(key, kernels, filtered.means[-1], filtered.chols[-1], num_samples)
 
