@@ -82,7 +82,8 @@ def _transition_term(model, step, mean, cov, mean_next, cov_next, cross) -> Scal
     residual = mean_next - A @ mean - b
     coupling = A @ cross.T
     spread = cov_next - coupling - coupling.T + A @ cov @ A.T
-    return _expected_log_density(residual, spread, chol_Q)
+    # A time-varying model's factor may be any square root (GP kernels pivot theirs).
+    return _expected_log_density(residual, spread, tria(chol_Q))
 
 
 def _emission_term(model, step, mean, cov, y, observed) -> Scalar:

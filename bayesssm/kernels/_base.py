@@ -75,6 +75,13 @@ class AbstractKernel(eqx.Module):
         r"""$(A, Q)$ for a step of length `dt` $\ge 0$: $A = e^{F dt}$ and $Q$ the covariance
         the noise adds over the step (symmetric; PSD up to rounding). `dt = 0` gives $(I, 0)$."""
 
+    def discretise_factors(self, dt: ArrayLike) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
+        r"""$(A, L)$ with $L L^\top = Q$ of `discretise(dt)`: the step in the square-root form the
+        Kalman engine uses. $L$ is lower triangular; singular $Q$ (deterministic components,
+        `dt = 0`) is fine."""
+        A, Q = self.discretise(dt)
+        return A, _linalg.semidefinite_cholesky(Q)
+
     @abc.abstractmethod
     def _covariance(self, s: Array, t: Array) -> Array:
         """k(s, t), elementwise."""

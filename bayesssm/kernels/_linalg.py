@@ -30,3 +30,31 @@ def rotations(angles: Float[Array, " J"]) -> Float[Array, "2J 2J"]:
     c, s = jnp.cos(angles), jnp.sin(angles)
     blocks = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)  # (J, 2, 2)
     return block_diag(*blocks)
+
+
+def semidefinite_cholesky(matrix: Float[Array, "D D"]) -> Float[Array, "D D"]:
+    """A square root L (L L^T = matrix) of a PSD matrix that may be singular or graded.
+
+    Cholesky with diagonal pivoting, unrolled over the (static) columns: each step eliminates the
+    largest remaining diagonal entry, and stops adding columns once that is at rounding level
+    (D eps times the largest diagonal entry). The remainder it drops is PSD with entries no
+    larger than its diagonal, so the error is at rounding level too, even for a smooth Matérn's
+    Q over a short step, whose small entries are mostly rounding error from P - A P A^T. L is
+    lower triangular up to a permutation of its rows. Plain array operations: cheap inside a
+    `lax.scan` step (no LAPACK call, no eigendecomposition) and differentiable (a dropped column
+    has zero derivative).
+    """
+    n = matrix.shape[-1]
+    schur = symmetrise(matrix)
+    tol = n * jnp.finfo(matrix.dtype).eps * jnp.max(jnp.diagonal(schur))
+    columns = []
+    for _ in range(n):
+        diagonal = jnp.diagonal(schur)
+        pick = jnp.arange(n) == jnp.argmax(diagonal)
+        pivot = jnp.max(diagonal)
+        kept = pivot > tol
+        root = jnp.sqrt(jnp.where(kept, pivot, 1.0))
+        column = jnp.where(kept, jnp.sum(jnp.where(pick[None, :], schur, 0.0), axis=1) / root, 0.0)
+        columns.append(column)
+        schur = schur - column[:, None] * column[None, :]
+    return jnp.stack(columns, axis=1)

@@ -59,6 +59,9 @@ class Constant(AbstractStationaryKernel):
     def discretise(self, dt: ArrayLike) -> tuple[Float[Array, "1 1"], Float[Array, "1 1"]]:
         return self._ones(), 0.0 * self._ones()
 
+    def discretise_factors(self, dt: ArrayLike) -> tuple[Array, Array]:
+        return self.discretise(dt)  # Q = 0 is its own factor
+
     def _lag_covariance(self, tau: Array) -> Array:
         return jnp.broadcast_to(self.variance.value(), jnp.shape(tau))
 

@@ -66,5 +66,8 @@ class Cosine(AbstractStationaryKernel):
     def discretise(self, dt: ArrayLike) -> tuple[Float[Array, "2 2"], Float[Array, "2 2"]]:
         return self.transition(dt), 0.0 * self._eye()
 
+    def discretise_factors(self, dt: ArrayLike) -> tuple[Array, Array]:
+        return self.discretise(dt)  # Q = 0 is its own factor
+
     def _lag_covariance(self, tau: Array) -> Array:
         return self.variance.value() * jnp.cos(self.frequency.value() * tau)

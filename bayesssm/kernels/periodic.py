@@ -121,6 +121,9 @@ class Periodic(AbstractStationaryKernel):
         zero = jnp.zeros((self.state_dim, self.state_dim), self._dtype())
         return self.transition(dt), zero
 
+    def discretise_factors(self, dt: ArrayLike) -> tuple[Array, Array]:
+        return self.discretise(dt)  # Q = 0 is its own factor
+
     def _lag_covariance(self, tau: Array) -> Array:
         s = jnp.sin(math.pi * tau / self.period.value())
         return self.variance.value() * jnp.exp(-2.0 * s**2 / self.lengthscale.value() ** 2)
@@ -201,6 +204,9 @@ class QuasiPeriodic(AbstractKernel):
 
     def discretise(self, dt: ArrayLike) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
         return self.as_product().discretise(dt)
+
+    def discretise_factors(self, dt: ArrayLike) -> tuple[Array, Array]:
+        return self.as_product().discretise_factors(dt)
 
     def _covariance(self, s: Array, t: Array) -> Array:
         return self.as_product()._covariance(s, t)

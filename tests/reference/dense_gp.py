@@ -49,3 +49,51 @@ def dense_gp_predict(k, times, y, noise_variance: float, query) -> tuple[np.ndar
     prior = np.asarray(k(query, query), float)
     var = prior - np.einsum("ij,ji->i", K_qo, cho_solve(factor, K_qo.T))
     return mean, var
+
+
+def dense_multi_output_gp(
+    ks, mixing, times, y, noise_variance, query=None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The linear model of coregionalisation, densely: y_i(t) = sum_q W_iq f_q(t) + v_i(t), with
+    f_q ~ GP(0, k_q) independent and v_i ~ N(0, noise_variance_i).
+
+    The joint covariance of the entries (t, i), ordered time-major, is
+    K[(s, i), (t, j)] = sum_q W_iq W_jq k_q(s, t) + [s = t, i = j] noise_variance_i.
+
+    Args:
+        ks: Q elementwise kernel functions k_q(s, t).
+        mixing: W, (M, Q).
+        times: (T,); y: (T, M) with NaN = missing; noise_variance: scalar or (M,).
+        query: times (N,) at which to predict (default: `times`).
+
+    Returns:
+        (log marginal, posterior mean (N, M), posterior variance (N, M)) of the noise-free
+        outputs W f at the query times.
+    """
+    W = np.asarray(mixing, float)
+    M = W.shape[0]
+    times = np.asarray(times, float)
+    query = times if query is None else np.asarray(query, float)
+    y = np.asarray(y, float).reshape(times.size, M)
+    noise = np.broadcast_to(np.asarray(noise_variance, float), (M,))
+
+    def cov(a, b):
+        return sum(
+            np.kron(np.asarray(k(a[:, None], b[None, :]), float), np.outer(W[:, q], W[:, q]))
+            for q, k in enumerate(ks)
+        )
+
+    flat = y.reshape(-1)
+    observed = ~np.isnan(flat)
+    K_oo = cov(times, times)[np.ix_(observed, observed)]
+    K_oo = K_oo + np.diag(np.tile(noise, times.size)[observed])
+    factor = cho_factor(K_oo, lower=True)
+    alpha = cho_solve(factor, flat[observed])
+    log_det = 2.0 * np.sum(np.log(np.diag(factor[0])))
+    log_marginal = -0.5 * flat[observed] @ alpha - 0.5 * log_det
+    log_marginal -= 0.5 * observed.sum() * np.log(2 * np.pi)
+    K_qo = cov(query, times)[:, observed]
+    mean = K_qo @ alpha
+    prior = np.diag(cov(query, query))
+    var = prior - np.einsum("ij,ji->i", K_qo, cho_solve(factor, K_qo.T))
+    return float(log_marginal), mean.reshape(query.size, M), var.reshape(query.size, M)
