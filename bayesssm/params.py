@@ -677,7 +677,11 @@ def psd_cholesky(matrix: Float[Array, "*batch n n"]) -> Float[Array, "*batch n n
         return lower * sign[..., None, :]
 
     ok = jnp.all(jnp.isfinite(chol), axis=(-2, -1), keepdims=True)
-    return jnp.where(ok, chol, from_eigh(matrix))
+    # Both branches are evaluated. Where Cholesky succeeds the fallback gets a matrix with
+    # distinct eigenvalues: eigh's derivative is NaN at repeated ones (every periodic kernel's
+    # P_inf has them), and a NaN would leak through the unselected branch into gradients.
+    distinct = jnp.diag(jnp.arange(1, matrix.shape[-1] + 1, dtype=matrix.dtype))
+    return jnp.where(ok, chol, from_eigh(jnp.where(ok, distinct, matrix)))
 
 
 def _is_constrained(x) -> bool:

@@ -128,6 +128,17 @@ class AbstractLinearGaussianSSM(AbstractSSM):
     ) -> tuple[Float[Array, "M D"], Float[Array, " M"], Float[Array, "M M"]]:
         """(H_t, d_t, chol R_t) at step t."""
 
+    def transition_covariance_params(
+        self, inputs: StepInputs
+    ) -> tuple[Float[Array, "D D"], Float[Array, " D"], Float[Array, "D D"]]:
+        """(A_t, b_t, Q_t) with the noise covariance itself, for covariance-form engines.
+
+        Defaults to chol Q chol Q^T from `transition_params`; a model that has Q directly
+        overrides it and skips the factorisation.
+        """
+        A, b, chol_Q = self.transition_params(inputs)
+        return A, b, chol_Q @ chol_Q.T
+
     @property
     def time_invariant_factors(self) -> bool:
         """True when A, chol Q, H and chol R do not depend on the step (b, d and controls may).

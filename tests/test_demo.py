@@ -1,6 +1,7 @@
-"""The README's demo runs and writes its plot."""
+"""The README's demo runs, prints the fitted hyperparameters and writes its plot."""
 
 import pathlib
+import re
 import runpy
 
 
@@ -10,4 +11,11 @@ def test_demo_writes_plot(tmp_path, capsys):
     namespace = runpy.run_path(str(demo))
     namespace["main"](str(out))
     assert out.stat().st_size > 10_000
-    assert "log-likelihood" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "log-likelihood" in printed
+    assert "converged: True" in printed
+    for name in ("trend variance", "seasonal period", "short-term lengthscale", "noise variance"):
+        assert name in printed
+    # The fitted cycle is a year long, to within a day.
+    period = float(re.search(r"seasonal period .* ([\d.]+) days", printed).group(1))
+    assert abs(period - 365.25) < 1.0

@@ -252,6 +252,22 @@ def test_covariance_gradient_is_finite():
         np.testing.assert_allclose(float(g[k]), fd, rtol=1e-6)
 
 
+def test_psd_cholesky_differentiates_at_repeated_eigenvalues():
+    """A positive-definite matrix with repeated eigenvalues (as a periodic kernel's stationary
+    covariance has) gets the plain Cholesky derivative, not the NaN of the unused eigen
+    fallback; a singular one still gets a finite factor."""
+    from bayesssm.params import psd_cholesky
+
+    def loss(scale):
+        factor = psd_cholesky(jnp.diag(jnp.array([1.0, 2.0, 2.0, 3.0, 3.0])) * scale)
+        return jnp.sum(factor * jnp.arange(25.0).reshape(5, 5))
+
+    # chol(scale D) = sqrt(scale) chol(D), so the derivative at 1 is loss(1) / 2.
+    np.testing.assert_allclose(jax.grad(loss)(1.0), 0.5 * loss(1.0), rtol=1e-12)
+    singular = psd_cholesky(jnp.diag(jnp.array([1.0, 0.0])))
+    np.testing.assert_allclose(singular @ singular.T, np.diag([1.0, 0.0]), atol=1e-12)
+
+
 def test_from_cholesky_and_from_value_reject_bad_input():
     with pytest.raises(ValueError, match=r"\bchol\b.*lower-triangular"):
         bs.Covariance.from_cholesky(np.ones((2, 2)))

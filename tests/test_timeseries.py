@@ -63,6 +63,16 @@ def test_numeric_offsets_with_datetime_origin_map_back():
     np.testing.assert_allclose(s.to_times(["2020-01-03"]), [2.0])
 
 
+def test_numeric_queries_on_a_datetime_series_are_its_own_times():
+    """Numbers given to a datetime series are times on its axis (here days since the first
+    date), not nanoseconds since 1970."""
+    index = pd.date_range("2000-01-01", periods=3)
+    s = TimeSeries.from_pandas(pd.Series([1.0, 2.0, 3.0], index=index))
+    np.testing.assert_allclose(s.to_times([1.0, 2.5]), [1.0, 2.5])
+    np.testing.assert_allclose(s.to_times(np.array([1, 2])), [1.0, 2.0])
+    np.testing.assert_allclose(s.to_times(index[1:]), [1.0, 2.0])
+
+
 # -- validation --------------------------------------------------------------------------------
 
 

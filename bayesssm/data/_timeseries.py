@@ -316,12 +316,17 @@ class TimeSeries(eqx.Module):
         """Query times as float times of this series (same unit and origin), e.g. for `impute`.
 
         Datetimes (strings, `np.datetime64`, a `DatetimeIndex`) are allowed for a series built
-        from datetimes; numbers are returned as float arrays unchanged.
+        from datetimes; for such a series plain numbers are taken as times of the series already
+        (its `times` axis) and returned as floats unchanged. For a numeric index, numbers are
+        index values and are shifted by the series' origin as its times were.
         """
         import pandas as pd
 
         info = self.index_info
+        numeric = np.asarray(query).dtype.kind in "iuf"
         if info is not None and info.kind in ("datetime", "timedelta"):
+            if numeric:
+                return np.asarray(query, dtype=np.float64)
             query = np.atleast_1d(np.asarray(query, dtype=object))
             if info.kind == "datetime":
                 index = pd.DatetimeIndex(query)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from .._types import Array, Float, Key
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM, require_capability
+from ._kalman_adjoint import adjoint_log_marginal
 from ._kalman_parallel import filter_parallel, sample_parallel, smooth_parallel
 from ._kalman_score import Moments, fisher_log_marginal
 from ._kalman_sequential import filter_sequential, sample_sequential, smooth_sequential
@@ -16,6 +17,8 @@ from ._kalman_steady import steady_filter, with_plain_derivatives
 from ._kalman_steady_smoother import steady_backward
 from ._square_root import backward_kernel, tria
 from .results import FilterResult, ForecastResult, SmootherResult
+
+_GRADIENTS = (None, "autodiff", "adjoint", "fisher")
 
 
 def _gram(chols: Float[Array, "T D D"]) -> Float[Array, "T D D"]:
@@ -51,7 +54,7 @@ class Kalman(eqx.Module):
 
     parallel: bool | None = None
     steady_state: bool = True
-    gradient: str = "autodiff"
+    gradient: str | None = None
 
     is_random = False
 
@@ -61,9 +64,9 @@ class Kalman(eqx.Module):
             raise ValueError(
                 f"Kalman(parallel=...) must be None, True or False, got {self.parallel!r}."
             )
-        if self.gradient not in ("fisher", "autodiff"):
+        if self.gradient not in _GRADIENTS:
             raise ValueError(
-                f"Kalman(gradient=...) must be 'fisher' or 'autodiff', got {self.gradient!r}."
+                f"Kalman(gradient=...) must be one of {_GRADIENTS}, got {self.gradient!r}."
             )
 
     def _use_parallel(self) -> bool:
@@ -130,8 +133,17 @@ class Kalman(eqx.Module):
         run = sample_parallel if self._use_parallel() else sample_sequential
         return run(key, kernels, filtered.means[-1], filtered.chols[-1], num_samples)
 
+    def _gradient_method(self, model) -> str:
+        if self.gradient is not None:
+            return self.gradient
+        steady = self.steady_state and model.time_invariant_factors
+        return "autodiff" if self._use_parallel() or steady else "adjoint"
+
     def log_marginal(self, model, data: Observations, key: Key | None = None) -> Float[Array, ""]:
-        if self.gradient == "autodiff":
+        method = self._gradient_method(model)
+        if method == "adjoint":
+            return adjoint_log_marginal(model, data)
+        if method == "autodiff":
             return self.filter(model, data).log_marginal
         plain = eqx.tree_at(lambda e: e.gradient, self, "autodiff")
 

@@ -32,6 +32,7 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._matmul import matmul
 from .._types import Array, ArrayLike, Float
 from . import _linalg
 
@@ -134,7 +135,7 @@ class AbstractSDEKernel(AbstractKernel):
 
     def noise_covariance(self) -> Float[Array, "D D"]:
         L = self.noise_effect()
-        return L @ self.noise_spectral_density() @ L.T
+        return matmul(matmul(L, self.noise_spectral_density()), L.T)
 
 
 class AbstractStationaryKernel(AbstractSDEKernel):
@@ -159,4 +160,4 @@ class AbstractStationaryKernel(AbstractSDEKernel):
     def discretise(self, dt: ArrayLike) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
         A = self.transition(dt)
         P = self.stationary_covariance()
-        return A, _linalg.symmetrise(P - A @ P @ A.T)
+        return A, _linalg.symmetrise(P - matmul(matmul(A, P), A.T))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from .._matmul import symmetrise  # noqa: F401 (the kernels' name for it)
 from .._types import Array, Float
 
 # jax's expm returns NaN beyond `max_squarings` halvings (16 by default, an L1 norm of ~3.5e5):
@@ -17,10 +18,6 @@ def expm(matrix: Float[Array, "D D"]) -> Float[Array, "D D"]:
     return jsl.expm(matrix, max_squarings=_MAX_SQUARINGS)
 
 
-def symmetrise(matrix: Float[Array, "D D"]) -> Float[Array, "D D"]:
-    return 0.5 * (matrix + matrix.T)
-
-
 def block_diag(*blocks: Float[Array, "_ _"]) -> Float[Array, "D D"]:
     return jsl.block_diag(*blocks)
 
@@ -28,6 +25,21 @@ def block_diag(*blocks: Float[Array, "_ _"]) -> Float[Array, "D D"]:
 def rotations(angles: Float[Array, " J"]) -> Float[Array, "2J 2J"]:
     """Block-diagonal of the 2x2 rotations [[cos a, -sin a], [sin a, cos a]]."""
     c, s = jnp.cos(angles), jnp.sin(angles)
+    blocks = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)  # (J, 2, 2)
+    return block_diag(*blocks)
+
+
+def harmonic_rotations(angle: Float[Array, ""], count: int) -> Float[Array, "2J 2J"]:
+    """`rotations` of the angles j * angle, j = 1..count, from one cosine and one sine: the
+    harmonics follow by angle addition, exact up to about j rounding errors (on CPU each
+    trigonometric call costs as much as a dozen multiplications)."""
+    c1, s1 = jnp.cos(angle), jnp.sin(angle)
+    cosines, sines = [c1], [s1]
+    for _ in range(count - 1):
+        c, s = cosines[-1], sines[-1]
+        cosines.append(c * c1 - s * s1)
+        sines.append(s * c1 + c * s1)
+    c, s = jnp.stack(cosines), jnp.stack(sines)
     blocks = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)  # (J, 2, 2)
     return block_diag(*blocks)
 

@@ -22,6 +22,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
+from .._matmul import matmul
 from .._types import Array, ArrayLike, Float
 from ..params import Positive
 from . import _checks
@@ -122,7 +123,7 @@ class _AbstractMatern(AbstractStationaryKernel):
         term = jnp.eye(self.state_dim, dtype=F.dtype)
         total = term
         for k in range(1, self.state_dim):
-            term = term @ nilpotent / k
+            term = matmul(term, nilpotent) / k
             total = total + term
         return jnp.exp(-lam * dt) * total
 

@@ -113,8 +113,9 @@ class Periodic(AbstractStationaryKernel):
         return row.astype(self._dtype())[None, :]
 
     def transition(self, dt: ArrayLike) -> Float[Array, "D D"]:
-        angles = self._frequencies() * jnp.asarray(dt, self._dtype())
-        return _linalg.block_diag(jnp.ones((1, 1), self._dtype()), _linalg.rotations(angles))
+        angle = (2.0 * math.pi / self.period.value()) * jnp.asarray(dt, self._dtype())
+        rotations = _linalg.harmonic_rotations(angle, self.order)
+        return _linalg.block_diag(jnp.ones((1, 1), self._dtype()), rotations)
 
     def discretise(self, dt: ArrayLike) -> tuple[Float[Array, "D D"], Float[Array, "D D"]]:
         # Each harmonic keeps its variance under a rotation: the step adds no noise.

@@ -99,6 +99,11 @@ class GPStateSpace(AbstractLinearGaussianSSM):
         A, chol_Q = self._state_kernel.discretise_factors(dt)
         return A, jnp.zeros(A.shape[0], A.dtype), chol_Q
 
+    def transition_covariance_params(self, inputs: StepInputs):
+        dt = 1.0 if inputs.dt is None else inputs.dt
+        A, Q = self._state_kernel.discretise(dt)
+        return A, jnp.zeros(A.shape[0], A.dtype), Q
+
     def emission_params(self, inputs: StepInputs):
         H = self._measurement()
         noise = jnp.sqrt(self.noise_variance.value()).astype(H.dtype)

@@ -156,3 +156,35 @@ def test_fit_mle_reaches_the_dense_gp_optimum():
     )
     np.testing.assert_allclose(ours, np.exp(best.x), rtol=1e-4)
     np.testing.assert_allclose(-history.objective[-1], -best.fun, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        lambda p: kernels.Periodic(p[0], p[1], p[2], order=3),
+        lambda p: kernels.QuasiPeriodic(p[0], p[1], p[2], p[3], order=3),
+    ],
+    ids=["Periodic", "QuasiPeriodic"],
+)
+def test_gradient_is_finite_for_periodic_kernels(kernel):
+    """P_inf of a periodic kernel has two equal variances per harmonic (repeated eigenvalues),
+    where the derivative of an eigendecomposition is NaN: the initial factor chol P_inf must not
+    differentiate one it does not use. The gradient equals central finite differences."""
+    rng = np.random.default_rng(13)
+    times = np.sort(rng.uniform(0.0, 5.0, size=80))
+    y = np.sin(2.0 * np.pi * times / 1.5) + rng.normal(scale=0.5, size=80)
+    series = bs.TimeSeries(times, y)
+
+    def ll(log_params):
+        params = jnp.exp(log_params)
+        model = bs.GPStateSpace(kernel(params[:-1]), noise_variance=params[-1])
+        return bs.log_marginal(model, series)
+
+    point = jnp.log(jnp.asarray([0.8, 1.2, 1.5, 4.0, NOISE]))
+    grad = np.asarray(jax.grad(ll)(point))
+    assert np.all(np.isfinite(grad))
+    step = 1e-6
+    numeric = np.array(
+        [(ll(point + step * e) - ll(point - step * e)) / (2 * step) for e in np.eye(5)]
+    )
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
