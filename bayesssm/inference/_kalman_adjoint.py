@@ -9,9 +9,10 @@ cheaper. It runs the same recursion as the square-root filter in exact arithmeti
 with it to rounding in float64; the square-root filter remains the one for filtering, smoothing
 and sampling, where its factors are the result.
 
-Each step's parameters are computed inside the loop, from the step's inputs (a GP's time gap),
-so no (T, D, D) array of transitions is ever stored: at T = 1e6 and D = 9 each such array is
-650 MB, and on CPU writing fresh memory costs more than recomputing the step.
+Each step's parameters come from the step's inputs (a GP's time gap), computed vectorised for a
+block of steps at a time just before the loop over that block, so no (T, D, D) array of
+transitions is ever stored: at T = 1e6 and D = 9 each such array is 650 MB, and on CPU writing
+fresh memory (a page fault per 4 kB) costs more than recomputing the parameters.
 
 Derivatives: reverse mode through `lax.scan` would store every intermediate of every step. The
 adjoint recursion stores only the filtered moments and carries the derivatives
@@ -21,10 +22,10 @@ $\bar P_t = A_t^\top \bar\Sigma_{t+1} A_t$ for the filtered moments, and through
 to $(\bar\mu_t, \bar\Sigma_t)$ (the Bryson–Frazier recursion, the smoother in information form).
 On the way it forms each step's parameter derivatives, $\bar A_t = \bar\mu_{t+1} m_t^\top +
 2 \bar\Sigma_{t+1} A_t P_t$, $\bar Q_t = \bar\Sigma_{t+1}$ and the emission's, and pulls them
-back through the step's parameter function at once, so the model's derivative accumulates in the
-loop. It is wired in as a `custom_jvp`: forward mode, reverse mode and higher orders all work
-(higher orders differentiate the adjoint itself), and only the leaves that carry a tangent are
-differentiated.
+back through the parameter function a block at a time (vectorised), so the model's derivative
+accumulates block by block. It is wired in as a `custom_jvp`: forward mode, reverse mode and
+higher orders all work (higher orders differentiate the adjoint itself), and only the leaves
+that carry a tangent are differentiated.
 
 References:
     Bryson, A. E. and Frazier, M. (1963). Smoothing for linear and nonlinear dynamic systems.
@@ -74,7 +75,7 @@ def _update(mean, cov, H, d, R, y, weight):
 def _scalar_update(mean, cov, h, d, r, y, w):
     """`_update` for one entry (w = 1 observed, 0 missing), without a factorisation.
 
-    Also returns what its adjoint needs, packed: u = w P h, s = h'u + w r + 1 - w and
+    Also returns what its adjoint needs: u = w P h, s = h'u + w r + 1 - w and
     v = w (y - h'm - d)."""
     u = matvec(cov, h) * w
     sums = matvec(jnp.stack([u, mean]), h)  # h'u and h'm in one pass

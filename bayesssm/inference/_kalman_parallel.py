@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from .._types import Array, Float, Key
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM
+from ._associative_scan import associative_scan
 from ._square_root import (
     BackwardKernel,
     predict,
@@ -84,7 +85,7 @@ def filter_parallel(model: AbstractLinearGaussianSSM, data: Observations):
         prev, here, data.values[1:], data.observed[1:]
     )
     elements = jax.tree.map(lambda h, r: jnp.concatenate([h[None], r]), head, rest)
-    scanned = jax.lax.associative_scan(jax.vmap(_combine), elements)
+    scanned = associative_scan(jax.vmap(_combine), elements)
     means, chols = scanned.b, scanned.U
 
     # Predicted moments and per-step likelihoods are independent across t given the filter.
@@ -121,7 +122,7 @@ def _with_last(kernels: BackwardKernel, last_mean, last_chol) -> BackwardKernel:
 
 def smooth_parallel(kernels: BackwardKernel, last_mean, last_chol):
     """Smoothed means and factors by a reverse associative scan over the backward kernels."""
-    composed = jax.lax.associative_scan(
+    composed = associative_scan(
         jax.vmap(_compose_kernels), _with_last(kernels, last_mean, last_chol), reverse=True
     )
     return composed.offset, composed.chol
@@ -140,5 +141,5 @@ def sample_parallel(
         (gain_l, shift_l), (gain_e, shift_e) = later, earlier
         return gain_e @ gain_l, shift_l @ gain_e.T + shift_e
 
-    _, paths = jax.lax.associative_scan(jax.vmap(compose), (full.gain, shifts), reverse=True)
+    _, paths = associative_scan(jax.vmap(compose), (full.gain, shifts), reverse=True)
     return jnp.swapaxes(paths, 0, 1)

@@ -22,6 +22,7 @@ from jax.custom_batching import custom_vmap
 from .._types import Array, Bool
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM
+from ._associative_scan import associative_scan
 from ._square_root import (
     innovation_log_likelihood,
     log_abs_det,
@@ -122,7 +123,7 @@ def _mean_pass(model, data: Observations, matrices, whiten, log_det, parallel: b
             return later[0] @ earlier[0], later[0] @ earlier[1] + later[1]
 
         elements = (_cat(jnp.zeros(F.shape[1:], F.dtype), F), _cat(mean0, c))
-        _, means = jax.lax.associative_scan(jax.vmap(compose), elements)
+        _, means = associative_scan(jax.vmap(compose), elements)
     else:
 
         def step(mean, affine):

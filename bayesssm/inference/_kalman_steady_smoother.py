@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from .._types import Array, Float, Int
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM
+from ._associative_scan import associative_scan
 from ._kalman_steady import CONVERGED_ULPS
 from ._square_root import BackwardKernel, backward_factors, tria
 
@@ -97,7 +98,7 @@ def _backward_means(
 
         gains = jnp.concatenate([gain, jnp.zeros_like(gain[:1])])
         offsets = jnp.concatenate([offset, last_mean[None]])
-        _, means = jax.lax.associative_scan(jax.vmap(compose), (gains, offsets), reverse=True)
+        _, means = associative_scan(jax.vmap(compose), (gains, offsets), reverse=True)
         return means
 
     def step(mean_next, affine):

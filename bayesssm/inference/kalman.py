@@ -28,9 +28,9 @@ def _gram(chols: Float[Array, "T D D"]) -> Float[Array, "T D D"]:
 class Kalman(eqx.Module):
     """Exact filtering, smoothing and path sampling for `bs.AbstractLinearGaussianSSM` models.
 
-    Square-root (QR) form throughout. `parallel=True` runs the associative-scan (parallel-in-time)
-    algorithms, O(log T) span on GPU/TPU; `False` runs `lax.scan`; `None` picks sequential on CPU
-    and parallel elsewhere.
+    Filtering, smoothing and sampling are in square-root (QR) form. `parallel=True` runs the
+    associative-scan (parallel-in-time) algorithms, O(log T) span on GPU/TPU; `False` runs
+    `lax.scan`; `None` picks sequential on CPU and parallel elsewhere.
 
     `steady_state=True` (the default) speeds up filtering of models whose A, Q, H, R do not depend
     on t: the data-free covariance recursion runs once, until it has converged to rounding and
@@ -40,10 +40,16 @@ class Kalman(eqx.Module):
     few ulps; derivatives are always those of the full recursion. `False` runs the full
     square-root recursion at every step.
 
-    `gradient` says how `log_marginal` is differentiated: "autodiff" (the default) through the
-    filter's recursion; "fisher" by Fisher's identity from one smoothing pass (exact to rounding,
-    any order, forward or reverse; needs non-singular P0, Q and R; O(log T) span with
-    `parallel=True`, see `bayesssm.inference._kalman_score`).
+    `gradient` says how `log_marginal` is computed and differentiated: "autodiff" through the
+    square-root filter's recursion; "adjoint" by a covariance-form filter (no factorisation per
+    step for scalar observations) differentiated by its adjoint (Bryson-Frazier) recursion, always
+    sequential, the fastest on CPU for time-varying models such as GPs on irregular times (see
+    `bayesssm.inference._kalman_adjoint`); "fisher" by Fisher's identity from one smoothing pass
+    (exact to rounding, any order, forward or reverse; needs non-singular P0, Q and R; O(log T)
+    span with `parallel=True`, see `bayesssm.inference._kalman_score`). None (the default) picks
+    "adjoint" on the sequential path for models whose factors change with t (or with
+    `steady_state=False`), "autodiff" otherwise. Filtering, smoothing and sampling are
+    square-root whatever this says.
 
     References:
         Särkkä, S. and García-Fernández, Á. F. (2021). Temporal parallelization of Bayesian

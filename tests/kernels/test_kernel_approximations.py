@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -19,17 +20,26 @@ from bayesssm import kernels as K
 from bayesssm.kernels import _bessel
 
 
+@eqx.filter_jit
+def _matrices(kernel, taus):
+    # One compiled program per kernel: run eagerly, each new state size would compile every
+    # operation on its own.
+    return (
+        kernel.feedback(),
+        kernel.stationary_covariance(),
+        kernel.measurement(),
+        kernel.covariance(taus),
+    )
+
+
 def state_space_kernel(kernel, taus):
-    F = np.asarray(kernel.feedback())
-    P = np.asarray(kernel.stationary_covariance())
-    H = np.asarray(kernel.measurement())
+    F, P, H, _ = (np.asarray(a) for a in _matrices(kernel, taus))
     return np.array([(H @ scipy.linalg.expm(F * t) @ P @ H.T)[0, 0] for t in taus])
 
 
 def measured_error(kernel, taus):
-    return float(
-        np.max(np.abs(state_space_kernel(kernel, taus) - np.asarray(kernel.covariance(taus))))
-    )
+    exact = np.asarray(_matrices(kernel, taus)[3])
+    return float(np.max(np.abs(state_space_kernel(kernel, taus) - exact)))
 
 
 # -- Bessel ---------------------------------------------------------------------------------------
