@@ -7,9 +7,17 @@ never returns. It is switched off here, before JAX starts; README says how users
 
 import os
 
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+_FLAGS = [
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    # Most tests compile far longer than they run: LLVM's optimisation passes (which change no
+    # floating-point semantics) are skipped, which takes about a sixth off the suite's time. The
+    # notebooks, which run long samplers, keep the default (tests/test_notebooks.py); so do the
+    # benchmarks and the demo's own command.
+    "--xla_backend_optimization_level=0",
+]
+for _flag in _FLAGS:
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 import jax  # noqa: E402
 

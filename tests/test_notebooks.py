@@ -2,9 +2,10 @@
 
 Each notebook runs in a fresh IPython kernel started with this interpreter (a kernelspec written
 to a temporary folder, so that no kernel installed elsewhere on the machine is picked up), with
-the environment and JAX configuration of tests/conftest.py: XLA's concurrency-optimised CPU
-scheduler off, float64, synchronous CPU dispatch. The numbers that matter are asserted inside the
-notebooks themselves (assert cells), so a wrong result is a cell error here.
+the environment and JAX configuration of tests/conftest.py (XLA's concurrency-optimised CPU
+scheduler off, float64, synchronous CPU dispatch), but XLA's default optimisation level. The
+numbers that matter are asserted inside the notebooks themselves (assert cells), so a wrong
+result is a cell error here.
 
 Notebooks are committed without outputs; set BAYESSSM_NOTEBOOK_OUT to a folder to keep the
 executed copies (for the docs, or to look at the figures).
@@ -43,7 +44,13 @@ PLOTTING = re.compile(r"\b(?:plt\.(?:plot|subplots|figure)|bs\.plot_\w+|az\.plot
 def _kernel_manager(folder: pathlib.Path) -> AsyncKernelManager:
     spec = folder / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    xla_flags = os.environ.get("XLA_FLAGS", "")
+    # Without the test process's --xla_backend_optimization_level=0 (tests/conftest.py): the
+    # notebooks' samplers run long enough for LLVM's optimisations to pay for themselves.
+    xla_flags = " ".join(
+        flag
+        for flag in os.environ.get("XLA_FLAGS", "").split()
+        if flag != "--xla_backend_optimization_level=0"
+    )
     if XLA_FLAG not in xla_flags:
         xla_flags = (xla_flags + " " + XLA_FLAG).strip()
     kernel = {
