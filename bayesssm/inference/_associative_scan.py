@@ -33,7 +33,7 @@ def associative_scan(
     if reverse:
         flipped = jax.tree.map(lambda a: jnp.flip(a, 0), elements)
         return jax.tree.map(lambda a: jnp.flip(a, 0), associative_scan(combine, flipped))
-    length = jax.tree.leaves(elements)[0].shape[0]
+    length = _size(elements)
     if length <= _BASE:
         return _doubling_scan(combine, elements)
     # Combine neighbouring pairs, scan the pairs, then fill in the even positions.
