@@ -64,15 +64,15 @@ def test_recovers_the_truth_within_three_posterior_sd(runs):
     check_recovery(runs)
 
 
+def test_chains_converge_without_divergences(runs):
+    check_convergence(runs)
+
+
 @pytest.mark.slow
 def test_recovery_and_convergence_on_more_data_sets():
     more = [run(i) for i in range(1, len(TRUTHS))]
     check_recovery(more)
     check_convergence(more)
-
-
-def test_chains_converge_without_divergences(runs):
-    check_convergence(runs)
 
 
 def test_inference_data_layout(runs):

@@ -32,14 +32,18 @@ def _matrices(kernel, taus):
     )
 
 
-def state_space_kernel(kernel, taus):
-    F, P, H, _ = (np.asarray(a) for a in _matrices(kernel, taus))
+def _from_matrices(F, P, H, taus):
     return np.array([(H @ scipy.linalg.expm(F * t) @ P @ H.T)[0, 0] for t in taus])
 
 
+def state_space_kernel(kernel, taus):
+    F, P, H, _ = (np.asarray(a) for a in _matrices(kernel, taus))
+    return _from_matrices(F, P, H, taus)
+
+
 def measured_error(kernel, taus):
-    exact = np.asarray(_matrices(kernel, taus)[3])
-    return float(np.max(np.abs(state_space_kernel(kernel, taus) - exact)))
+    F, P, H, exact = (np.asarray(a) for a in _matrices(kernel, taus))
+    return float(np.max(np.abs(_from_matrices(F, P, H, taus) - exact)))
 
 
 # -- Bessel ---------------------------------------------------------------------------------------
