@@ -10,7 +10,15 @@ from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts
 from .impute import ImputeResult, impute
-from .inference import FilterResult, ForecastResult, Kalman, SmootherResult
+from .inference import (
+    FilterResult,
+    ForecastResult,
+    Kalman,
+    ParticleFilter,
+    ParticleFilterResult,
+    ParticleSmootherResult,
+    SmootherResult,
+)
 from .models import GPStateSpace, LinearGaussianSSM
 from .params import (
     AbstractConstrained,
@@ -21,7 +29,12 @@ from .params import (
     Stable,
     unwrap,
 )
-from .ssm import AbstractLinearGaussianSSM, AbstractSSM, StepInputs
+from .ssm import (
+    AbstractLinearGaussianEmission,
+    AbstractLinearGaussianSSM,
+    AbstractSSM,
+    StepInputs,
+)
 from .verbs import default_engine, filter, forecast, log_marginal, sample_posterior, smooth
 
 __version__ = "0.1.0.dev0"
@@ -45,7 +58,11 @@ __all__ = [
     "MLEHistory",
     "EMHistory",
     "AbstractConstrained",
+    "AbstractLinearGaussianEmission",
     "AbstractLinearGaussianSSM",
+    "ParticleFilter",
+    "ParticleFilterResult",
+    "ParticleSmootherResult",
     "AbstractSSM",
     "Correlation",
     "Covariance",

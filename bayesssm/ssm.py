@@ -98,7 +98,26 @@ def step_inputs(
     return StepInputs(index=jnp.arange(num_timesteps), control=controls, dt=dts)
 
 
-class AbstractLinearGaussianSSM(AbstractSSM):
+class AbstractLinearGaussianEmission(AbstractSSM):
+    r"""Capability: a linear-Gaussian emission $y_t = H_t x_t + d_t + v_t$,
+    $v_t \sim N(0, L_{R,t} L_{R,t}^\top)$, whatever the transition.
+
+    The particle filter's locally optimal proposal needs it (with Gaussian transitions). For a
+    scalar state (shape ()), H has one column.
+    """
+
+    @abc.abstractmethod
+    def emission_params(
+        self, inputs: StepInputs
+    ) -> tuple[Float[Array, "M D"], Float[Array, " M"], Float[Array, "M M"]]:
+        """(H_t, d_t, chol R_t) at step t."""
+
+    def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        H, d, chol_R = self.emission_params(_or_first(inputs))
+        return distrax.MultivariateNormalTri(H @ jnp.reshape(x, (-1,)) + d, chol_R)
+
+
+class AbstractLinearGaussianSSM(AbstractLinearGaussianEmission):
     r"""Capability: affine-Gaussian transition and emission, in square-root form.
 
     Kalman engines need it.
@@ -121,12 +140,6 @@ class AbstractLinearGaussianSSM(AbstractSSM):
         self, inputs: StepInputs
     ) -> tuple[Float[Array, "D D"], Float[Array, " D"], Float[Array, "D D"]]:
         """(A_t, b_t, chol Q_t) of the move from step t to t + 1."""
-
-    @abc.abstractmethod
-    def emission_params(
-        self, inputs: StepInputs
-    ) -> tuple[Float[Array, "M D"], Float[Array, " M"], Float[Array, "M M"]]:
-        """(H_t, d_t, chol R_t) at step t."""
 
     def transition_covariance_params(
         self, inputs: StepInputs
@@ -154,10 +167,6 @@ class AbstractLinearGaussianSSM(AbstractSSM):
     def transition(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
         A, b, chol_Q = self.transition_params(_or_first(inputs))
         return distrax.MultivariateNormalTri(A @ x + b, chol_Q)
-
-    def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
-        H, d, chol_R = self.emission_params(_or_first(inputs))
-        return distrax.MultivariateNormalTri(H @ x + d, chol_R)
 
 
 def _or_first(inputs: StepInputs | None) -> StepInputs:

@@ -7,7 +7,11 @@ user's `jax.jit` or `jax.vmap`.
 
 from __future__ import annotations
 
-from ._checks import check_positive_int
+import warnings
+
+import numpy as np
+
+from ._checks import check_positive_int, is_concrete
 from ._jit import filter_jit
 from ._types import Array, Float, Key
 from .data import check_observations, model_dtype, observations
@@ -60,7 +64,21 @@ def filter(
         A result with `means` (T, D), `covs` (T, D, D), `chols`, `log_marginal` () and more.
     """
     engine, data = _setup(model, y, engine, key, inputs)
-    return _run(engine, "filter", model, data, key)
+    return _warn_if_degenerate(_run(engine, "filter", model, data, key))
+
+
+def _warn_if_degenerate(result):
+    """Say where a particle filter lost all its weight (its results carry `degenerate_step`)."""
+    step = getattr(result, "degenerate_step", None)
+    if step is not None and is_concrete(step) and np.ndim(step) == 0 and int(step) >= 0:
+        warnings.warn(
+            f"every particle weight was zero or NaN at step {int(step)}: the model cannot "
+            "explain y there (check the data and the parameters, or use more particles or a "
+            "better proposal). log_marginal is -inf; the weights were reset to uniform.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return result
 
 
 def smooth(
@@ -68,7 +86,9 @@ def smooth(
 ) -> SmootherResult:
     """Smoothing distributions p(x_t | y_{0:T-1}): `means` (T, D), `covs` (T, D, D), and more."""
     engine, data = _setup(model, y, engine, key, inputs)
-    return _run(engine, "smooth", model, data, key)
+    result = _run(engine, "smooth", model, data, key)
+    _warn_if_degenerate(getattr(result, "filtered", None))
+    return result
 
 
 def log_marginal(

@@ -1,0 +1,182 @@
+r"""The particle filter's loop: one `lax.scan` over time, every operation in log-space.
+
+At step t the previous normalised log-weights $\log W_{t-1}^i$ get the auxiliary first-stage
+weights $\log \eta^i$ (zero without look-ahead); the particles are resampled from
+$W_{t-1}^i \eta^i$ when its effective sample size falls below the threshold; each one moves by
+the proposal and earns the log incremental weight minus $\log \eta$ of its ancestor. The
+log-likelihood increment is
+$\log \sum_i W_{t-1}^i \eta^i + \log \sum_j \tilde W^j w_t^j$, with $\tilde W$ the weights the
+particles carry into the move (uniform after resampling), which keeps its exponential unbiased
+for $p(y_t \mid y_{0:t-1})$ for every scheme and threshold.
+
+A step where every weight is zero (or NaN, counted as zero) stops the likelihood at -inf, records
+the first such step in `degenerate_step`, and restarts the weights uniformly, so nothing
+downstream turns NaN.
+
+References:
+    Gordon, N. J., Salmond, D. J. and Smith, A. F. M. (1993). Novel approach to nonlinear/
+    non-Gaussian Bayesian state estimation. IEE Proceedings F 140(2).
+    Pitt, M. K. and Shephard, N. (1999). Filtering via simulation: auxiliary particle filters.
+    JASA 94(446).
+    Doucet, A. and Johansen, A. M. (2011). A tutorial on particle filtering and smoothing:
+    fifteen years later. The Oxford Handbook of Nonlinear Filtering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from .._types import Array, Bool, Float, Int, Key
+from ..data import Observations
+from ._proposals import Observation
+from ._resampling import RESAMPLERS, effective_sample_size
+
+
+class ParticleHistory(NamedTuple):
+    """Every step's particles, for smoothing. `ancestors[t, i]` is the index at step t - 1 of
+    the parent of particle i at step t (`ancestors[0]` is the identity)."""
+
+    particles: Float[Array, "T N *E"]
+    log_weights: Float[Array, "T N"]  # normalised filtering log-weights
+    ancestors: Int[Array, "T N"]
+
+
+class ParticleFilterResult(NamedTuple):
+    """The particle approximation of the filtering distributions p(x_t | y_{0:t}).
+
+    States of any event shape E are flattened to D = prod(E) entries in `means` and `variances`.
+    """
+
+    means: Float[Array, "T D"]  # weighted means of the filtering particles
+    variances: Float[Array, "T D"]  # weighted variances
+    log_marginal: Float[Array, ""]  # estimate of log p(y_{0:T-1}); -inf after a degenerate step
+    log_marginals: Float[Array, " T"]  # estimates of log p(y_t | y_{0:t-1})
+    ess: Float[Array, " T"]  # effective sample size of the filtering weights at each step
+    resampled: Bool[Array, " T"]  # whether the particles were resampled before moving to t
+    degenerate_step: Int[Array, ""]  # first step where all weights were zero or NaN; -1 if none
+    particles: Float[Array, " N *E"]  # the last step's particles
+    log_weights: Float[Array, " N"]  # and their normalised log-weights
+    history: ParticleHistory | None  # every step's particles (when asked for)
+
+
+class Settings(NamedTuple):
+    num_particles: int
+    resampling: str
+    ess_threshold: float
+    proposal: object  # a proposal from ._proposals
+    look_ahead: Callable | None
+    store_history: bool
+
+
+def _moments(particles: Array, log_weights: Float[Array, " N"]):
+    flat = particles.reshape(particles.shape[0], -1)
+    weights = jnp.exp(log_weights)
+    mean = weights @ flat
+    return mean, weights @ (flat - mean) ** 2
+
+
+def _normalise(log_base: Float[Array, " N"], increments: Float[Array, " N"]):
+    """Log-weights after weighting, their log-sum, and whether any weight survived."""
+    increments = jnp.where(jnp.isnan(increments), -jnp.inf, increments)
+    unnormalised = log_base + increments
+    total = logsumexp(unnormalised)
+    alive = jnp.isfinite(total)
+    uniform = -jnp.log(jnp.asarray(log_base.shape[0], log_base.dtype))
+    log_weights = jnp.where(alive, unnormalised - total, uniform)
+    return log_weights, total, alive
+
+
+def run_particle_filter(
+    model, data: Observations, key: Key, settings: Settings
+) -> ParticleFilterResult:
+    num = settings.num_particles
+    resample = RESAMPLERS[settings.resampling]
+    proposal = settings.proposal
+    observations = Observation(data.values, data.observed, data.steps)
+    first = jax.tree.map(lambda a: a[0], observations)
+    key_first, key_rest = jax.random.split(key)
+
+    particles, increments = proposal.initial(model, key_first, num, first)
+    dtype = particles.dtype
+    log_uniform = -jnp.log(jnp.asarray(num, dtype))
+    log_weights, total, alive = _normalise(jnp.full(num, log_uniform), increments)
+    log_marginal0 = jnp.where(alive, total, -jnp.inf)
+    degenerate0 = jnp.where(alive, -1, 0).astype(jnp.int32)
+
+    def step(carry, args):
+        particles, log_weights, degenerate = carry
+        key, prev_step, obs = args
+        key_resample, key_move = jax.random.split(key)
+        if settings.look_ahead is not None:
+            look = settings.look_ahead(model, particles, prev_step, obs)
+            look = jnp.where(jnp.isnan(look), -jnp.inf, look)
+            first_stage, first_total, first_alive = _normalise(log_weights, look)
+        else:
+            first_stage, first_total, first_alive = log_weights, jnp.zeros((), dtype), True
+        ess = effective_sample_size(first_stage)
+        threshold = settings.ess_threshold
+        do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
+
+        def resampled(_):
+            ancestors = resample(key_resample, first_stage)
+            return ancestors, jnp.full(num, log_uniform)
+
+        def kept(_):
+            return jnp.arange(num, dtype=jnp.int32), first_stage
+
+        ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
+        parents = particles[ancestors]
+        moved, increments = proposal.move(model, key_move, parents, prev_step, obs)
+        if settings.look_ahead is not None:
+            increments = increments - look[ancestors]
+        log_weights, total, alive = _normalise(log_base, increments)
+        alive = alive & first_alive
+        log_weights = jnp.where(alive, log_weights, log_uniform)
+        increment = jnp.where(alive, first_total + total, -jnp.inf)
+        degenerate = jnp.where(
+            (degenerate < 0) & ~alive, (prev_step.index + 1).astype(jnp.int32), degenerate
+        )
+        mean, variance = _moments(moved, log_weights)
+        out = (increment, effective_sample_size(log_weights), do_resample, mean, variance)
+        if settings.store_history:
+            out = out + (moved, log_weights, ancestors)
+        return (moved, log_weights, degenerate), out
+
+    prev_steps = jax.tree.map(lambda a: a[:-1], data.steps)
+    rest = jax.tree.map(lambda a: a[1:], observations)
+    keys = jax.random.split(key_rest, data.num_timesteps - 1)
+    carry0 = (particles, log_weights, degenerate0)
+    (last, last_log_weights, degenerate), outs = jax.lax.scan(
+        step, carry0, (keys, prev_steps, rest)
+    )
+    mean0, variance0 = _moments(particles, log_weights)
+    increments, ess, did_resample, means, variances = outs[:5]
+
+    def with_first(first, later):
+        return jnp.concatenate([jnp.asarray(first)[None].astype(later.dtype), later])
+
+    log_marginals = with_first(log_marginal0, increments)
+    history = None
+    if settings.store_history:
+        history = ParticleHistory(
+            with_first(particles, outs[5]),
+            with_first(log_weights, outs[6]),
+            with_first(jnp.arange(num, dtype=jnp.int32), outs[7]),
+        )
+    return ParticleFilterResult(
+        means=with_first(mean0, means),
+        variances=with_first(variance0, variances),
+        log_marginal=jnp.sum(log_marginals),
+        log_marginals=log_marginals,
+        ess=with_first(effective_sample_size(log_weights), ess),
+        resampled=with_first(False, did_resample),
+        degenerate_step=degenerate,
+        particles=last,
+        log_weights=last_log_weights,
+        history=history,
+    )
