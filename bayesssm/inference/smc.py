@@ -11,9 +11,11 @@ from .._types import Array, Float, Key
 from ..data import Observations
 from ..ssm import AbstractLinearGaussianEmission, AbstractSSM, require_capability
 from ._particle_filter import ParticleFilterResult, Settings, run_particle_filter
+from ._particle_forecast import particle_forecast
 from ._proposals import Bootstrap, Guided, LocallyOptimal, LookAhead
 from ._resampling import RESAMPLERS
 from ._smoothing import ParticleSmootherResult, genealogy_paths, smoothed_moments
+from .results import ForecastResult
 
 _PROPOSALS = ("bootstrap", "optimal")
 _SMOOTHERS = ("genealogy",)
@@ -155,3 +157,9 @@ class ParticleFilter(eqx.Module):
         self, model, data: Observations, key: Key, num_samples: int = 1
     ) -> Float[Array, "S T *E"]:
         return self._paths(model, data, key, num_samples)[1]
+
+    def forecast(self, model, data: Observations, key: Key, num_steps: int) -> ForecastResult:
+        """Predictive moments: the filter runs on through the `num_steps` unobserved steps that
+        end `data`."""
+        history = self.run(model, data, key, store_history=True).history
+        return particle_forecast(model, history, data, num_steps)
