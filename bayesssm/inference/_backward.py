@@ -5,10 +5,12 @@ $x_{t+1}$, the backward kernel picks $j$ with probability proportional to
 $W_t^j f(x_{t+1} \mid x_t^j)$. `backward_indices_exact` computes all N terms for each draw
 (O(N) a draw, O(N^2) for N draws). `backward_indices_rejection` proposes $j \sim W_t$ and
 accepts with probability $f(x_{t+1} \mid x_t^j) / \bar f$, where $\bar f$ bounds the transition
-density over the candidates (the largest density at any candidate's mode, so any unimodal
-transition works); expected O(1) a draw when the bound is not loose. Draws still rejected after
-`max_trials` proposals fall back to the exact kernel, so the result is exact whatever the bound's
-slack (the hybrid scheme of Dau and Chopin 2022).
+density over the candidates (the largest density at any candidate's mode, so it holds for any
+transition whose `mode()` distrax knows); expected O(1) a draw when the bound is not loose.
+Draws still rejected after `max_trials` proposals fall back to the exact kernel, so the result
+is exact whatever the bound's slack (the hybrid scheme of Dau and Chopin 2022). Only those draws
+pay for the fallback: they are gathered to the front and drawn exactly in chunks of
+`_FALLBACK_CHUNK`, so R rejected draws cost about max(R, chunk) N density evaluations.
 
 References:
     Godsill, S. J., Doucet, A. and West, M. (2004). Monte Carlo smoothing for nonlinear time
@@ -25,7 +27,10 @@ import jax.numpy as jnp
 
 from .._types import Array, Float, Int, Key
 from ..ssm import StepInputs
-from ._resampling import draw_indices
+from ._resampling import cumulative_sum
+
+_EXACT_BATCH = 64  # draws computed side by side by the exact kernel: an (64, N) block in flight
+_FALLBACK_CHUNK = 16  # rejected draws redone exactly per pass of the fallback loop
 
 
 def transition_log_densities(
@@ -38,8 +43,9 @@ def transition_log_densities(
 def backward_log_weights(
     model, x_next: Array, particles: Float[Array, " N *E"], log_weights, step: StepInputs
 ) -> Float[Array, " N"]:
-    """Unnormalised log backward weights log W_t^j + log f(x_next | x_t^j)."""
-    return log_weights + transition_log_densities(model, x_next, particles, step)
+    """Unnormalised log backward weights log W_t^j + log f(x_next | x_t^j); NaN counts as -inf."""
+    logits = log_weights + transition_log_densities(model, x_next, particles, step)
+    return jnp.where(jnp.isnan(logits), -jnp.inf, logits)
 
 
 def backward_indices_exact(
@@ -50,16 +56,28 @@ def backward_indices_exact(
     log_weights: Float[Array, " N"],
     step: StepInputs,
 ) -> Int[Array, " S"]:
-    """One predecessor index for each of the S states in `x_next`, O(S N)."""
+    """One predecessor index for each of the S states in `x_next`, O(S N).
+
+    Args:
+        key: PRNG key.
+        model: the state-space model (its `transition` is used).
+        x_next: the states at step t + 1 whose predecessors are drawn.
+        particles: the filtering particles at step t.
+        log_weights: their normalised log-weights.
+        step: the `StepInputs` of step t (the step the transition moves from).
+
+    Returns:
+        Indices into `particles`, independent given the particles.
+    """
     keys = jax.random.split(key, x_next.shape[0])
 
     def one(args):
         key, x = args
         logits = backward_log_weights(model, x, particles, log_weights, step)
-        return jax.random.categorical(key, logits)
+        return jax.random.categorical(key, logits).astype(jnp.int32)
 
-    # lax.map keeps memory at O(N) per draw in flight instead of an (S, N) matrix
-    return jax.lax.map(one, (keys, x_next), batch_size=min(64, x_next.shape[0]))
+    # lax.map keeps memory at O(batch N) instead of an (S, N) matrix
+    return jax.lax.map(one, (keys, x_next), batch_size=min(_EXACT_BATCH, x_next.shape[0]))
 
 
 def transition_log_bound(
@@ -71,7 +89,19 @@ def transition_log_bound(
         dist = model.transition(x, step)
         return dist.log_prob(dist.mode())
 
-    return jnp.max(jax.vmap(at_mode)(particles))
+    try:
+        return jnp.max(jax.vmap(at_mode)(particles))
+    except NotImplementedError as error:
+        raise TypeError(
+            "rejection-based backward sampling bounds the transition density by its value at "
+            "the mode, but the model's transition distribution has no mode(); use the exact "
+            "kernel (smoother='ffbs', or backward='exact' in bs.paris)."
+        ) from error
+
+
+def _draw_from_cumulative(key: Key, cumulative: Array, num: int) -> Int[Array, " S"]:
+    u = jax.random.uniform(key, (num,), cumulative.dtype) * cumulative[-1]
+    return jnp.minimum(jnp.searchsorted(cumulative, u), cumulative.shape[0] - 1).astype(jnp.int32)
 
 
 def backward_indices_rejection(
@@ -83,16 +113,23 @@ def backward_indices_rejection(
     step: StepInputs,
     max_trials: int = 32,
 ) -> Int[Array, " S"]:
-    """Predecessor indices by rejection sampling; draws not accepted within `max_trials`
-    proposals are drawn from the exact kernel."""
+    """Predecessor indices by rejection sampling, with the same law as `backward_indices_exact`.
+
+    Every trial proposes, for each draw not yet accepted, $j \\sim W_t$ and accepts it with
+    probability $f(x_{t+1} \\mid x_t^j) / \\bar f$. Draws not accepted within `max_trials`
+    trials are gathered and drawn from the exact kernel, `_FALLBACK_CHUNK` at a time, so a few
+    hard draws (a state far in the tail of the prediction) cost O(N) each, not O(S N) for all.
+    Arguments are those of `backward_indices_exact`.
+    """
     num = x_next.shape[0]
     log_bound = transition_log_bound(model, particles, step)
+    cumulative = cumulative_sum(jnp.exp(log_weights))
     key_loop, key_exact = jax.random.split(key)
 
     def trial(state):
         key, indices, accepted, count = state
         key, key_propose, key_accept = jax.random.split(key, 3)
-        proposed = draw_indices(key_propose, log_weights, num)
+        proposed = _draw_from_cumulative(key_propose, cumulative, num)
         log_density = jax.vmap(lambda x, j: model.transition(particles[j], step).log_prob(x))(
             x_next, proposed
         )
@@ -107,8 +144,21 @@ def backward_indices_rejection(
     start = (key_loop, jnp.zeros(num, jnp.int32), jnp.zeros(num, bool), 0)
     _, indices, accepted, _ = jax.lax.while_loop(more, trial, start)
 
-    def fallback(indices):
-        exact = backward_indices_exact(key_exact, model, x_next, particles, log_weights, step)
-        return jnp.where(accepted, indices, exact.astype(indices.dtype))
+    # The rejected draws, in front (padded with `num`, an index past the end that drops out).
+    chunk = min(_FALLBACK_CHUNK, num)
+    (pending,) = jnp.nonzero(~accepted, size=num + chunk, fill_value=num)
+    num_pending = jnp.sum(~accepted)
 
-    return jax.lax.cond(jnp.all(accepted), lambda i: i, fallback, indices)
+    def redo(state):
+        start, indices = state
+        where = jax.lax.dynamic_slice(pending, (start,), (chunk,))
+        x = x_next[jnp.minimum(where, num - 1)]
+        exact = backward_indices_exact(
+            jax.random.fold_in(key_exact, start), model, x, particles, log_weights, step
+        )
+        return start + chunk, indices.at[where].set(exact, mode="drop")
+
+    _, indices = jax.lax.while_loop(
+        lambda state: state[0] < num_pending, redo, (jnp.zeros((), jnp.int32), indices)
+    )
+    return indices
