@@ -113,10 +113,10 @@ def backward_indices_rejection(
     step: StepInputs,
     max_trials: int = 32,
 ) -> Int[Array, " S"]:
-    """Predecessor indices by rejection sampling, with the same law as `backward_indices_exact`.
+    r"""Predecessor indices by rejection sampling, with the same law as `backward_indices_exact`.
 
-    Every trial proposes, for each draw not yet accepted, $j \\sim W_t$ and accepts it with
-    probability $f(x_{t+1} \\mid x_t^j) / \\bar f$. Draws not accepted within `max_trials`
+    Every trial proposes, for each draw not yet accepted, $j \sim W_t$ and accepts it with
+    probability $f(x_{t+1} \mid x_t^j) / \bar f$. Draws not accepted within `max_trials`
     trials are gathered and drawn from the exact kernel, `_FALLBACK_CHUNK` at a time, so a few
     hard draws (a state far in the tail of the prediction) cost O(N) each, not O(S N) for all.
     Arguments are those of `backward_indices_exact`.

@@ -161,9 +161,8 @@ def filter_step(
     do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
 
     def resampled(_):
-        return RESAMPLERS[settings.resampling](key_resample, first_stage), jnp.full(
-            num, log_uniform
-        )
+        ancestors = RESAMPLERS[settings.resampling](key_resample, first_stage)
+        return ancestors, jnp.full(num, log_uniform)
 
     def kept(_):
         return jnp.arange(num, dtype=jnp.int32), first_stage
@@ -181,8 +180,12 @@ def filter_step(
     return FilterStep(moved, new_log_weights, increment, alive, ancestors, do_resample)
 
 
-class PaRISOutput(NamedTuple):
-    """Online smoothed expectations and the filter's by-products (see `bs.paris`)."""
+class PaRISResult(NamedTuple):
+    r"""Online smoothed expectations of an additive functional, and the filter's by-products.
+
+    `estimates` has the structure of the functional's value with a leading time axis: index t
+    estimates $E[S_t \mid y_{0:t}]$ (see `bs.paris`).
+    """
 
     estimates: Any  # leaves (T, ...): E[S_t | y_{0:t}] for every t
     log_marginal: Float[Array, ""]
@@ -204,7 +207,7 @@ def run_paris(
     initial: Callable | None,
     num_backward: int,
     backward: str,
-) -> PaRISOutput:
+) -> PaRISResult:
     """The particle filter and the PaRIS update in one scan over time."""
     num = settings.num_particles
     observations = Observation(data.values, data.observed, data.steps)
@@ -261,7 +264,7 @@ def run_paris(
 
     estimate0 = weighted_estimate(statistics, log_weights)
     log_marginals = with_first(log_marginal0, increments)
-    return PaRISOutput(
+    return PaRISResult(
         estimates=jax.tree.map(with_first, estimate0, estimates),
         log_marginal=jnp.sum(log_marginals),
         log_marginals=log_marginals,

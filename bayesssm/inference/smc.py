@@ -14,11 +14,16 @@ from ._particle_filter import ParticleFilterResult, Settings, run_particle_filte
 from ._particle_forecast import particle_forecast
 from ._proposals import Bootstrap, Guided, LocallyOptimal, LookAhead
 from ._resampling import RESAMPLERS
-from ._smoothing import ParticleSmootherResult, genealogy_paths, smoothed_moments
+from ._smoothing import (
+    ParticleSmootherResult,
+    backward_paths,
+    genealogy_paths,
+    smoothed_moments,
+)
 from .results import ForecastResult
 
 _PROPOSALS = ("bootstrap", "optimal")
-_SMOOTHERS = ("genealogy",)
+_SMOOTHERS = ("ffbs", "ffbs_rejection", "genealogy")
 
 
 class ParticleFilter(eqx.Module):
@@ -46,8 +51,14 @@ class ParticleFilter(eqx.Module):
             the log first-stage weight.
         store_history: keep every step's particles, weights and ancestors in the filter result
             (O(T N) memory); smoothing always keeps them.
-        smoother: how `bs.smooth` and `bs.sample_posterior` draw paths: "genealogy" follows
-            the ancestry of the final particles.
+        smoother: how `bs.smooth` and `bs.sample_posterior` draw paths. "ffbs" (default):
+            forward-filtering backward-sampling with the exact backward kernel, O(N) per path
+            and step (O(N^2 T) for `bs.smooth`'s N paths); paths do not degenerate, so early
+            steps are as well represented as late ones. "ffbs_rejection": the same law by
+            rejection sampling with an exact fallback, expected O(1) per path and step when
+            the transition density's bound (its value at the mode) is not loose; "genealogy":
+            the ancestry of the final particles, O(T) per path but degenerate at early steps
+            (few distinct ancestors), good only near the end.
         num_smoothing_paths: paths that `bs.smooth` averages (default N).
 
     References:
@@ -66,7 +77,7 @@ class ParticleFilter(eqx.Module):
     initial_proposal: Callable | None = None
     auxiliary: bool | Callable = False
     store_history: bool = False
-    smoother: str = "genealogy"
+    smoother: str = "ffbs"
     num_smoothing_paths: int | None = None
 
     is_random = True
@@ -145,7 +156,12 @@ class ParticleFilter(eqx.Module):
     def _paths(self, model, data: Observations, key: Key, num_paths: int):
         key_filter, key_paths = jax.random.split(key)
         filtered = self.run(model, data, key_filter, store_history=True)
-        return filtered, genealogy_paths(key_paths, filtered.history, num_paths)
+        if self.smoother == "genealogy":
+            return filtered, genealogy_paths(key_paths, filtered.history, num_paths)
+        paths = backward_paths(
+            key_paths, model, filtered.history, data.steps, num_paths, self.smoother
+        )
+        return filtered, paths
 
     def smooth(self, model, data: Observations, key: Key) -> ParticleSmootherResult:
         num_paths = self.num_smoothing_paths or self.num_particles
