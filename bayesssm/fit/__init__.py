@@ -3,6 +3,16 @@
 from .em import EMHistory, fit_em
 from .mcmc import sample_nuts
 from .mle import MLEHistory, fit_mle
+from .pmmh import sample_pmmh
 from .vi import VIResult, fit_vi
 
-__all__ = ["EMHistory", "MLEHistory", "fit_em", "fit_mle", "sample_nuts", "VIResult", "fit_vi"]
+__all__ = [
+    "EMHistory",
+    "MLEHistory",
+    "fit_em",
+    "fit_mle",
+    "sample_nuts",
+    "sample_pmmh",
+    "VIResult",
+    "fit_vi",
+]
