@@ -8,9 +8,10 @@ accepts with probability $f(x_{t+1} \mid x_t^j) / \bar f$, where $\bar f$ bounds
 density over the candidates (the largest density at any candidate's mode, so it holds for any
 transition whose `mode()` distrax knows); expected O(1) a draw when the bound is not loose.
 Draws still rejected after `max_trials` proposals fall back to the exact kernel, so the result
-is exact whatever the bound's slack (the hybrid scheme of Dau and Chopin 2022). Only those draws
-pay for the fallback: they are gathered to the front and drawn exactly in chunks of
-`_FALLBACK_CHUNK`, so R rejected draws cost about max(R, chunk) N density evaluations.
+is exact whatever the bound's slack (the hybrid scheme of Dau and Chopin 2022). Trials run on
+ever smaller buffers of the draws still pending, and only the draws left at the end pay for the
+fallback: they are gathered to the front and drawn exactly in chunks of `_FALLBACK_CHUNK`, so R
+rejected draws cost about max(R, chunk) N density evaluations.
 
 References:
     Godsill, S. J., Doucet, A. and West, M. (2004). Monte Carlo smoothing for nonlinear time
@@ -31,6 +32,8 @@ from ._resampling import cumulative_sum
 
 _EXACT_BATCH = 64  # draws computed side by side by the exact kernel: an (64, N) block in flight
 _FALLBACK_CHUNK = 16  # rejected draws redone exactly per pass of the fallback loop
+_SHRINK = 8  # each rejection stage runs on a buffer this many times smaller than the last
+_SMALLEST_STAGE = 32
 
 
 def transition_log_densities(
@@ -104,6 +107,14 @@ def _draw_from_cumulative(key: Key, cumulative: Array, num: int) -> Int[Array, "
     return jnp.minimum(jnp.searchsorted(cumulative, u), cumulative.shape[0] - 1).astype(jnp.int32)
 
 
+def _stage_sizes(num: int) -> list[int]:
+    """Buffer sizes of the rejection stages: each holds the draws still pending, 8x fewer."""
+    sizes = [num]
+    while sizes[-1] // _SHRINK >= _SMALLEST_STAGE:
+        sizes.append(sizes[-1] // _SHRINK)
+    return sizes
+
+
 def backward_indices_rejection(
     key: Key,
     model,
@@ -111,38 +122,62 @@ def backward_indices_rejection(
     particles: Float[Array, " N *E"],
     log_weights: Float[Array, " N"],
     step: StepInputs,
-    max_trials: int = 32,
+    max_trials: int = 64,
 ) -> Int[Array, " S"]:
     r"""Predecessor indices by rejection sampling, with the same law as `backward_indices_exact`.
 
     Every trial proposes, for each draw not yet accepted, $j \sim W_t$ and accepts it with
-    probability $f(x_{t+1} \mid x_t^j) / \bar f$. Draws not accepted within `max_trials`
-    trials are gathered and drawn from the exact kernel, `_FALLBACK_CHUNK` at a time, so a few
-    hard draws (a state far in the tail of the prediction) cost O(N) each, not O(S N) for all.
-    Arguments are those of `backward_indices_exact`.
+    probability $f(x_{t+1} \mid x_t^j) / \bar f$. Trials run on a buffer of the pending draws
+    that shrinks 8-fold whenever the pending ones fit a smaller one (static shapes, so a few
+    hard draws do not keep every trial at size S). Draws not accepted within `max_trials`
+    trials are gathered and drawn from the exact kernel, `_FALLBACK_CHUNK` at a time, so they
+    cost O(N) each, not O(S N) for all. Arguments are those of `backward_indices_exact`.
     """
+    x_next, particles = jnp.asarray(x_next), jnp.asarray(particles)
     num = x_next.shape[0]
     log_bound = transition_log_bound(model, particles, step)
     cumulative = cumulative_sum(jnp.exp(log_weights))
     key_loop, key_exact = jax.random.split(key)
 
-    def trial(state):
-        key, indices, accepted, count = state
-        key, key_propose, key_accept = jax.random.split(key, 3)
-        proposed = _draw_from_cumulative(key_propose, cumulative, num)
-        log_density = jax.vmap(lambda x, j: model.transition(particles[j], step).log_prob(x))(
-            x_next, proposed
+    def run_stage(stage, state):
+        """Trials on the draws at `positions` (padded with `num`) until few enough are left."""
+        positions, stop_at, indices, accepted, trials = state
+        size = positions.shape[0]
+        x = x_next[jnp.minimum(positions, num - 1)]
+
+        def trial(inner):
+            key, chosen, done, count = inner
+            key_propose, key_accept = jax.random.split(jax.random.fold_in(key, count))
+            proposed = _draw_from_cumulative(key_propose, cumulative, size)
+            log_density = jax.vmap(lambda x, j: model.transition(particles[j], step).log_prob(x))(
+                x, proposed
+            )
+            log_u = jnp.log(jax.random.uniform(key_accept, (size,), log_density.dtype))
+            accept = ~done & (log_u <= log_density - log_bound)
+            return key, jnp.where(accept, proposed, chosen), done | accept, count + 1
+
+        def more(inner):
+            _, _, done, count = inner
+            return (count < max_trials) & (jnp.sum(~done) > stop_at)
+
+        start = (jax.random.fold_in(key_loop, stage), indices[positions % num])
+        start = (*start, accepted[positions % num] | (positions >= num), trials)
+        _, chosen, done, trials = jax.lax.while_loop(more, trial, start)
+        indices = indices.at[positions].set(chosen, mode="drop")
+        return indices, accepted.at[positions].set(done, mode="drop"), trials
+
+    indices, accepted = jnp.zeros(num, jnp.int32), jnp.zeros(num, bool)
+    trials = jnp.zeros((), jnp.int32)
+    sizes = _stage_sizes(num)
+    for stage, size in enumerate(sizes):  # a few static stages, not a loop over draws
+        if stage == 0:
+            positions = jnp.arange(num)
+        else:  # if more are pending than fit, the rest wait for the exact fallback
+            (positions,) = jnp.nonzero(~accepted, size=size, fill_value=num)
+        stop_at = sizes[stage + 1] if stage + 1 < len(sizes) else 0
+        indices, accepted, trials = run_stage(
+            stage, (positions, stop_at, indices, accepted, trials)
         )
-        log_u = jnp.log(jax.random.uniform(key_accept, (num,), log_density.dtype))
-        accept = ~accepted & (log_u <= log_density - log_bound)
-        return key, jnp.where(accept, proposed, indices), accepted | accept, count + 1
-
-    def more(state):
-        _, _, accepted, count = state
-        return (count < max_trials) & ~jnp.all(accepted)
-
-    start = (key_loop, jnp.zeros(num, jnp.int32), jnp.zeros(num, bool), 0)
-    _, indices, accepted, _ = jax.lax.while_loop(more, trial, start)
 
     # The rejected draws, in front (padded with `num`, an index past the end that drops out).
     chunk = min(_FALLBACK_CHUNK, num)

@@ -50,7 +50,7 @@ def paris_update(
     num_backward: int = 2,
     t: Int[Array, ""] | None = None,
     backward: str = "rejection",
-    max_trials: int = 32,
+    max_trials: int = 64,
 ) -> Any:
     r"""One PaRIS update: the statistics of the new particles from those of the previous ones.
 

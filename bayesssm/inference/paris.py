@@ -60,7 +60,7 @@ def paris(
         initial: `h0(x_0)`, the term at step 0, with the same structure as `functional`'s
             value; default zero.
         backward: "rejection" (expected O(1) a draw, bound from the transition's mode, exact
-            fallback after 32 trials) or "exact" (O(N) a draw); both draw from the same kernel.
+            fallback after 64 trials) or "exact" (O(N) a draw); both draw from the same kernel.
         inputs: control inputs (T, U), for models with control matrices.
 
     Returns:
