@@ -1,10 +1,11 @@
 r"""Constrained parameters: stored so that unconstrained optimisation and sampling keep them valid.
 
-A constrained leaf is an `equinox.Module` whose one field, `unconstrained`, is a *minimal* real
-array: every real value is valid and no entry is ignored, so an optimiser may step anywhere and a
-sampler (NUTS) sees no flat directions. Its `bijector` (a `distrax.Bijector`) maps `unconstrained`
-to the constrained value, and `log_abs_det_jacobian()` is the change-of-variables term that a
-density over `unconstrained` adds to the log prior of the value:
+A constrained leaf is an `equinox.Module` whose one array field, `unconstrained`, is a *minimal*
+real array (other fields, such as `Interval`'s bounds, are static): every real value is valid and
+no entry is ignored, so an optimiser may step anywhere and a sampler (NUTS) sees no flat
+directions. Its `bijector` (a `distrax.Bijector`) maps `unconstrained` to the constrained value,
+and `log_abs_det_jacobian()` is the change-of-variables term that a density over `unconstrained`
+adds to the log prior of the value:
 
 $$\log p(u) = \log p_\text{prior}(f(u))
     + \log\left|\det \frac{\partial\, \mathrm{free}(f(u))}{\partial u}\right|.$$
@@ -12,6 +13,7 @@ $$\log p(u) = \log p_\text{prior}(f(u))
 | leaf | one value | `unconstrained` | free coordinates of the value |
 |---|---|---|---|
 | `Positive` | $x > 0$ (any shape) | $\log x$ (same shape) | $x$ |
+| `Interval` | $a < x < b$ (any shape) | $\log\frac{x - a}{b - x}$ (same shape) | $x$ |
 | `Covariance` | $(n, n)$ positive definite | $(n(n+1)/2,)$ | lower triangle with the diagonal |
 | `Correlation` | $(n, n)$ correlation matrix | $(n(n-1)/2,)$ | strict lower triangle |
 | `Simplex` | $(K,)$ probabilities | $(K-1,)$ | the first $K-1$ entries |
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 from typing import ClassVar, Self
 
 import distrax
@@ -159,6 +162,50 @@ class ExpBijector(_Bijector):
 
     def forward_log_det_jacobian(self, x: Array) -> Array:
         return x
+
+
+class IntervalBijector(_Bijector):
+    r"""Elementwise $u \mapsto a + (b - a)\,\sigma(u)$ onto $(a, b)$, $\sigma$ the logistic
+    sigmoid; $\log|\det J| = \log(b - a) - \operatorname{softplus}(u) - \operatorname{softplus}(-u)$
+    (per element, event rank 0).
+
+    For $(a, b) = (-1, 1)$ this is $\tanh(u / 2)$. The value is computed from the nearer bound
+    ($b - (b - a)\,\sigma(-u)$ for $u > 0$), so that the small distance to that bound is exact
+    before the one final rounding, and it is clipped to the open interval: where $|u|$ is so large
+    that the value would round onto a bound (about $|u| > 17$ in float32, $37$ in float64), it is
+    the float next to the bound instead, with zero derivative.
+
+    Args:
+        low: $a$, a finite Python float.
+        high: $b > a$, a finite Python float.
+    """
+
+    def __init__(self, low: float, high: float):
+        super().__init__(event_ndims_in=0)
+        self.low = float(low)
+        self.high = float(high)
+
+    @property
+    def _width(self) -> float:
+        return self.high - self.low
+
+    def forward(self, x: Array) -> Array:
+        from_low = self.low + self._width * jax.nn.sigmoid(x)
+        from_high = self.high - self._width * jax.nn.sigmoid(-x)
+        y = jnp.where(x < 0, from_low, from_high)
+        low, high = jnp.asarray(self.low, y.dtype), jnp.asarray(self.high, y.dtype)
+        return jnp.clip(y, jnp.nextafter(low, high), jnp.nextafter(high, low))
+
+    def inverse(self, y: Array) -> Array:
+        # Each difference is exact near its bound (Sterbenz's lemma), so a value close to a bound
+        # keeps its distance to it; a value on a bound maps to -inf or +inf.
+        return jnp.log(y - self.low) - jnp.log(self.high - y)
+
+    def forward_log_det_jacobian(self, x: Array) -> Array:
+        return math.log(self._width) - jax.nn.softplus(x) - jax.nn.softplus(-x)
+
+    def same_as(self, other: distrax.Bijector) -> bool:
+        return type(other) is type(self) and (other.low, other.high) == (self.low, self.high)
 
 
 class CovarianceBijector(_Bijector):
@@ -332,7 +379,8 @@ def _contraction_log_det(chol: Array) -> Array:
 class AbstractConstrained(eqx.Module):
     """A parameter stored as a minimal unconstrained real array.
 
-    Subclasses hold exactly one field, `unconstrained`, and say how it maps to the value
+    Subclasses hold exactly one array field, `unconstrained` (any other field is static, part of
+    the tree structure, as `Interval`'s bounds are), and say how it maps to the value
     (`bijector`), which set the value lives in (`support`, a numpyro constraint, so that a prior's
     support can be checked against it), and how many trailing axes one value has (`event_ndim`;
     any axes in front are batch axes).
@@ -422,6 +470,106 @@ class Positive(AbstractConstrained):
         if is_concrete(value) and np.any(np.asarray(value) < 0):
             _fail(cls, "value must be positive, but it has negative entries.")
         return cls(ExpBijector().inverse(value))
+
+
+def _bound(value) -> float:
+    """A bound of `Interval`: a finite Python float (static, part of the tree structure)."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            "Interval: low and high are fixed (static) Python floats and cannot be traced; to fit "
+            "the bounds themselves, build the model's parameters from plain arrays instead."
+        )
+    if np.shape(value) != ():
+        raise ValueError(f"Interval: low and high must be scalars, got shape {np.shape(value)}.")
+    bound = float(value)
+    if not math.isfinite(bound):
+        raise ValueError(
+            f"Interval: low and high must be finite numbers, got {bound!r}; for a half-line use "
+            "Positive (for x > a, store x - a)."
+        )
+    return bound
+
+
+class Interval(AbstractConstrained):
+    r"""Numbers in an open interval, $a < x < b$, of any shape: $x = a + (b - a)\,\sigma(u)$.
+
+    `unconstrained` is $u = \operatorname{logit}\frac{x - a}{b - a} = \log\frac{x - a}{b - x}$,
+    of the value's shape; $u = 0$ is the midpoint. The default $(a, b) = (-1, 1)$ suits
+    autoregressive coefficients and correlations, where $x = \tanh(u / 2)$. The log-determinant
+    is $\log(b - a) + \log\sigma(u) + \log\sigma(-u)$ per entry, computed with softplus so that
+    it stays finite for any $u$ (see `IntervalBijector`, also for how values next to a bound are
+    kept inside).
+
+    The bounds `low` and `high` are static Python floats (part of the tree structure, not
+    parameters): `unconstrained` stays the one array leaf, so optimisers, samplers and `jax.vmap`
+    see only it. `support` is numpyro's `constraints.interval(low, high)`.
+
+    Build it with `Interval.from_value(value, low=-1.0, high=1.0)`.
+
+    Args:
+        unconstrained: $u$, real numbers of any shape.
+        low: $a$, a finite number (default -1).
+        high: $b > a$, a finite number (default 1).
+    """
+
+    unconstrained: Float[Array, "*shape"]
+    low: float = eqx.field(static=True, default=-1.0, converter=_bound)
+    high: float = eqx.field(static=True, default=1.0, converter=_bound)
+    event_ndim: ClassVar[int] = 0
+
+    def __check_init__(self):
+        if not self.low < self.high:
+            raise ValueError(
+                f"Interval: low must be smaller than high, got low={self.low!r}, "
+                f"high={self.high!r}."
+            )
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.interval(self.low, self.high)
+
+    # The base class asks for a class variable; the support depends on the bounds, so it is the
+    # property above (an instance's `support` is what prior checks read), declared as ClassVar so
+    # that it is no dataclass field.
+    support: ClassVar[constraints.Constraint]
+
+    @property
+    def bijector(self) -> distrax.Bijector:
+        return IntervalBijector(self.low, self.high)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(np.shape(self.unconstrained))
+
+    @classmethod
+    def from_value(cls, value: ArrayLike, low: float = -1.0, high: float = 1.0) -> Interval:
+        """From numbers strictly between `low` and `high` (of any shape).
+
+        A value on a bound is refused: it lies infinitely far away in the unconstrained space
+        (and for an autoregressive coefficient of +-1 the process is not stationary).
+
+        Args:
+            value: the numbers, any shape.
+            low: the lower bound, a finite number.
+            high: the upper bound, a finite number larger than `low`.
+        """
+        low, high = _bound(low), _bound(high)
+        if not low < high:
+            _fail(cls, f"low must be smaller than high, got low={low!r}, high={high!r}.")
+        value = _float_array(value)
+        _check_finite(cls, "value", value)
+        if is_concrete(value):
+            v = np.asarray(value)
+            outside = ~((v > low) & (v < high))
+            if np.any(outside):
+                first = float(v[outside].flat[0])
+                _fail(
+                    cls,
+                    f"value must lie strictly inside ({low!r}, {high!r}), but it has the entry "
+                    f"{first!r}; values on a bound are infinitely far away in the unconstrained "
+                    "space.",
+                )
+        return cls(IntervalBijector(low, high).inverse(value), low=low, high=high)
 
 
 class Covariance(AbstractConstrained):
