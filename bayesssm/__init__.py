@@ -5,10 +5,11 @@ model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
 smoothed = bs.smooth(model, y)
 """
 
-from . import diagnostics, fit, inference, kernels, models, numpyro, params
+from . import diagnostics, distributions, fit, inference, kernels, models, numpyro, params
 from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
-from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts
+from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts, sample_pmmh
+from .fit.ppg import PPGHistory, fit_ppg
 from .impute import ImputeResult, impute
 from .inference import (
     FilterResult,
@@ -19,11 +20,19 @@ from .inference import (
     ParticleSmootherResult,
     SmootherResult,
 )
+from .inference.paris import PaRISResult, paris
+from .inference.particle_gibbs import (
+    ParticleGibbsResult,
+    PPGResult,
+    paris_particle_gibbs,
+    particle_gibbs,
+)
 from .models import GPStateSpace, LinearGaussianSSM
 from .params import (
     AbstractConstrained,
     Correlation,
     Covariance,
+    Interval,
     Positive,
     Simplex,
     Stable,
@@ -61,10 +70,21 @@ __all__ = [
     "AbstractLinearGaussianEmission",
     "AbstractLinearGaussianSSM",
     "ParticleFilter",
+    "ParticleGibbsResult",
+    "PPGResult",
+    "PPGHistory",
+    "PaRISResult",
+    "distributions",
+    "fit_ppg",
+    "paris",
+    "paris_particle_gibbs",
+    "particle_gibbs",
+    "sample_pmmh",
     "ParticleFilterResult",
     "ParticleSmootherResult",
     "AbstractSSM",
     "Correlation",
+    "Interval",
     "Covariance",
     "FilterResult",
     "ForecastResult",
