@@ -15,7 +15,6 @@ import optax
 import pytest
 
 import bayesssm as bs
-from bayesssm.fit.ppg import fit_ppg
 
 A, Q, R = 0.8, 0.5, 1.0
 
@@ -69,7 +68,7 @@ def short_data():
 @pytest.mark.parametrize("method, num_steps", [("mle", 200), ("msc", 500)])
 def test_short_fit_approaches_the_exact_mle(short_data, method, num_steps):
     y, exact = short_data
-    fitted, history = fit_ppg(
+    fitted, history = bs.fit_ppg(
         START,
         y,
         where=lambda m: (m.q, m.r),
@@ -93,7 +92,7 @@ def test_short_fit_approaches_the_exact_mle(short_data, method, num_steps):
 def test_long_fit_reaches_the_exact_mle(method):
     y = simulate(300, seed=1)
     exact = exact_mle(y)
-    fitted, _ = fit_ppg(
+    fitted, _ = bs.fit_ppg(
         START,
         y,
         where=lambda m: (m.q, m.r),
@@ -110,14 +109,14 @@ def test_bad_input_is_reported():
     where = lambda m: (m.q, m.r)  # noqa: E731
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="method must be one of"):
-        fit_ppg(START, y, where=where, key=key, method="em")
+        bs.fit_ppg(START, y, where=where, key=key, method="em")
     with pytest.raises(ValueError, match="sampler must be one of"):
-        fit_ppg(START, y, where=where, key=key, method="msc", sampler="trace")
+        bs.fit_ppg(START, y, where=where, key=key, method="msc", sampler="trace")
     with pytest.raises(ValueError, match="num_particles must be an int of at least 2"):
-        fit_ppg(START, y, where=where, key=key, num_particles=1)
+        bs.fit_ppg(START, y, where=where, key=key, num_particles=1)
     with pytest.raises(ValueError, match="average_fraction must be in"):
-        fit_ppg(START, y, where=where, key=key, average_fraction=1.0)
+        bs.fit_ppg(START, y, where=where, key=key, average_fraction=1.0)
     with pytest.raises(ValueError, match="not a fittable leaf"):
-        fit_ppg(START, y, where=lambda m: (m.q, 1.0), key=key)
+        bs.fit_ppg(START, y, where=lambda m: (m.q, 1.0), key=key)
     with pytest.raises(ValueError, match="pass key="):
-        fit_ppg(START, y, where=where, key=None, optimizer=optax.sgd(0.1))
+        bs.fit_ppg(START, y, where=where, key=None, optimizer=optax.sgd(0.1))

@@ -17,7 +17,6 @@ import pytest
 from reference import dense_gaussian as dense
 
 import bayesssm as bs
-from bayesssm.inference.particle_gibbs import paris_particle_gibbs, particle_gibbs
 
 T = 25
 CHAINS = 24
@@ -64,7 +63,7 @@ def test_particle_gibbs_matches_the_rts_smoother(problem, method):
     start = None if method == "ancestor" else np.zeros((T, 2))
 
     def chain(key):
-        return particle_gibbs(
+        return bs.particle_gibbs(
             model,
             y,
             key=key,
@@ -127,7 +126,7 @@ def test_paris_particle_gibbs_matches_the_dense_oracle():
         return {"cross": x0**2, "sum": x0}
 
     def chain(key):
-        return paris_particle_gibbs(
+        return bs.paris_particle_gibbs(
             model,
             y,
             h,
@@ -152,18 +151,20 @@ def test_bad_input_is_reported_before_tracing(problem):
     model, y = problem
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="num_particles must be an int of at least 2"):
-        particle_gibbs(model, y, key=key, num_samples=10, num_particles=1)
+        bs.particle_gibbs(model, y, key=key, num_samples=10, num_particles=1)
     with pytest.raises(ValueError, match="method must be one of"):
-        particle_gibbs(model, y, key=key, num_samples=10, method="trace")
+        bs.particle_gibbs(model, y, key=key, num_samples=10, method="trace")
     with pytest.raises(ValueError, match=r"initial_path must have shape \(T, \*E\) = \(25, 2\)"):
-        particle_gibbs(model, y, key=key, num_samples=10, initial_path=np.zeros((25,)))
+        bs.particle_gibbs(model, y, key=key, num_samples=10, initial_path=np.zeros((25,)))
     with pytest.raises(ValueError, match="num_warmup must be a non-negative int"):
-        particle_gibbs(model, y, key=key, num_samples=10, num_warmup=-1)
+        bs.particle_gibbs(model, y, key=key, num_samples=10, num_warmup=-1)
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
-        particle_gibbs(model, y, key=key, num_samples=0)
+        bs.particle_gibbs(model, y, key=key, num_samples=0)
     with pytest.raises(ValueError, match="pass key="):
-        particle_gibbs(model, y, key=None, num_samples=10)
+        bs.particle_gibbs(model, y, key=None, num_samples=10)
     with pytest.raises(TypeError, match="functional must be a function"):
-        paris_particle_gibbs(model, y, 3.0, key=key, num_samples=10)
+        bs.paris_particle_gibbs(model, y, 3.0, key=key, num_samples=10)
     with pytest.raises(ValueError, match="num_backward must be a positive int"):
-        paris_particle_gibbs(model, y, lambda a, b, t: a, key=key, num_samples=10, num_backward=0)
+        bs.paris_particle_gibbs(
+            model, y, lambda a, b, t: a, key=key, num_samples=10, num_backward=0
+        )
