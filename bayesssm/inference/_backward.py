@@ -72,15 +72,23 @@ def backward_indices_exact(
     Returns:
         Indices into `particles`, independent given the particles.
     """
-    keys = jax.random.split(key, x_next.shape[0])
+    uniforms = jax.random.uniform(key, (x_next.shape[0],), log_weights.dtype)
 
     def one(args):
-        key, x = args
-        logits = backward_log_weights(model, x, particles, log_weights, step)
-        return jax.random.categorical(key, logits).astype(jnp.int32)
+        u, x = args
+        return sample_log_weights(u, backward_log_weights(model, x, particles, log_weights, step))
 
     # lax.map keeps memory at O(batch N) instead of an (S, N) matrix
-    return jax.lax.map(one, (keys, x_next), batch_size=min(_EXACT_BATCH, x_next.shape[0]))
+    return jax.lax.map(one, (uniforms, x_next), batch_size=min(_EXACT_BATCH, x_next.shape[0]))
+
+
+def sample_log_weights(u: Float[Array, ""], logits: Float[Array, " N"]) -> Int[Array, ""]:
+    """The index drawn from unnormalised log-weights by inverse CDF with the uniform u: one
+    uniform a draw, where `jax.random.categorical` draws N Gumbel numbers (about 3x the cost)."""
+    logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+    cumulative = jnp.cumsum(jnp.exp(logits - jnp.max(logits)))
+    index = jnp.searchsorted(cumulative, u * cumulative[-1], side="right")
+    return jnp.minimum(index, logits.shape[0] - 1).astype(jnp.int32)
 
 
 def transition_log_bound(

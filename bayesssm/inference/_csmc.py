@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from .._types import Array, Float, Int, Key
 from ..data import Observations
 from ..ssm import StepInputs
-from ._backward import backward_log_weights
+from ._backward import backward_log_weights, sample_log_weights
 from ._observed_log_prob import observed_log_likelihoods
 from ._particle_filter import ParticleHistory, _normalise
 from ._proposals import Observation, sample_each
@@ -84,7 +84,7 @@ def csmc_move(
     if ancestor_sampling:
         logits = backward_log_weights(model, reference, particles, log_weights, prev_step)
         logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-        drawn = jax.random.categorical(key_ancestor, logits).astype(jnp.int32)
+        drawn = sample_log_weights(jax.random.uniform(key_ancestor, (), logits.dtype), logits)
         # if the reference is impossible from every particle, it keeps its own ancestor
         reference_ancestor = jnp.where(jnp.isfinite(jnp.max(logits)), drawn, REFERENCE)
     else:
@@ -147,7 +147,7 @@ def backward_path(
     def back(x_next, args):
         key, particles, log_weights, step = args
         logits = backward_log_weights(model, x_next, particles, log_weights, step)
-        index = jax.random.categorical(key, logits)
+        index = sample_log_weights(jax.random.uniform(key, (), logits.dtype), logits)
         x = particles[index]
         return x, x
 

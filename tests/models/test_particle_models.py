@@ -326,6 +326,7 @@ def test_stochastic_volatility_densities_match_scipy():
 
 def test_stochastic_volatility_is_particles_stochvol():
     import particles.state_space_models as ssms
+
     y = np.linspace(-3.0, 3.0, 5)
     for mu, rho, sigma in ((SV["mu"], SV["rho"], SV["sigma"]), (-0.5, -0.6, 0.9)):
         theirs = ssms.StochVol(mu=mu, rho=rho, sigma=sigma)
@@ -354,6 +355,7 @@ def test_poisson_ar1_densities_match_scipy_and_particles():
     np.testing.assert_allclose(emit, stats.poisson.logpmf(counts, np.exp(xp)), rtol=1e-12)
 
     import particles.state_space_models as ssms
+
     theirs = ssms.DiscreteCox(mu=mu, phi=phi, sigma=sigma)
     np.testing.assert_allclose(initial, theirs.PX0().logpdf(X_GRID), rtol=1e-13)
     for i, x_prev in enumerate(X_GRID):
