@@ -26,6 +26,14 @@ def emission_value(dist: distrax.Distribution, y: Float[Array, " M"]) -> Array:
     return y.reshape(dist.event_shape)
 
 
+def full_log_prob(dist: distrax.Distribution, y: Float[Array, " M"]) -> Array:
+    """log p(y | x) of a fully observed row; a batch of scalar distributions over the M
+    entries (event shape (), batch shape (M,)) is summed over them."""
+    if dist.event_shape == () and dist.batch_shape == y.shape:
+        return jnp.sum(dist.log_prob(y))
+    return dist.log_prob(emission_value(dist, y))
+
+
 def _normal_marginal(dist, y: Float[Array, " M"], observed: Bool[Array, " M"]) -> Array:
     weight = observed.astype(y.dtype)
     cov = dist.covariance()
@@ -66,7 +74,7 @@ def observed_log_likelihoods(
     num = particles.shape[0]
 
     def full(particles):
-        return jax.vmap(lambda x: (d := emission(x)).log_prob(emission_value(d, y)))(particles)
+        return jax.vmap(lambda x: full_log_prob(emission(x), y))(particles)
 
     def none(particles):
         return jnp.zeros(num, y.dtype)

@@ -78,8 +78,10 @@ def residual(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     the residual weights N w_i - floor(N w_i)."""
     num = log_weights.shape[0]
     scaled = num * jnp.exp(log_weights)
-    copies = jnp.floor(scaled)
-    rest = scaled - copies
+    # N w_i may round to just below a whole number (N exp(-log N) < 1 for N = 10 in float64):
+    # a few ulps of slack keeps those copies deterministic.
+    copies = jnp.floor(scaled * (1 + 4 * jnp.finfo(scaled.dtype).eps))
+    rest = jnp.maximum(scaled - copies, 0.0)
     num_rest = num - jnp.sum(copies).astype(jnp.int32)
     cumulative_rest = cumulative_sum(rest)
     u = jax.random.uniform(key, (num,), log_weights.dtype) * cumulative_rest[-1]
