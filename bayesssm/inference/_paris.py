@@ -27,13 +27,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._types import Array, Bool, Float, Int, Key
+from .._types import Array, Float, Int, Key
 from ..data import Observations
 from ..ssm import StepInputs
 from ._backward import backward_indices_exact, backward_indices_rejection
-from ._particle_filter import Settings, _moments, _normalise
+from ._particle_filter import Settings, _moments, filter_step, initial_step, mark_degenerate
 from ._proposals import Observation
-from ._resampling import RESAMPLERS, effective_sample_size
+from ._resampling import effective_sample_size
 
 BACKWARD_KERNELS = {"rejection": backward_indices_rejection, "exact": backward_indices_exact}
 
@@ -125,61 +125,6 @@ def weighted_estimate(statistics: Any, log_weights: Float[Array, " N"]) -> Any:
     return jax.tree.map(mean, statistics)
 
 
-class FilterStep(NamedTuple):
-    """What one particle-filter step returns (see `filter_step`)."""
-
-    particles: Array  # (N, *E) the moved particles x_t
-    log_weights: Float[Array, " N"]  # their normalised log-weights (uniform after a dead step)
-    increment: Float[Array, ""]  # estimate of log p(y_t | y_{0:t-1}); -inf after a dead step
-    alive: Bool[Array, ""]  # whether any weight survived
-    ancestors: Int[Array, " N"]  # the parent at t - 1 of each particle
-    resampled: Bool[Array, ""]
-
-
-def filter_step(
-    model,
-    settings: Settings,
-    key: Key,
-    particles: Float[Array, " N *E"],
-    log_weights: Float[Array, " N"],
-    prev_step: StepInputs,
-    obs: Observation,
-) -> FilterStep:
-    """One step t - 1 -> t of the particle filter, as `run_particle_filter` does it."""
-    num = settings.num_particles
-    dtype = log_weights.dtype
-    log_uniform = -jnp.log(jnp.asarray(num, dtype))
-    key_resample, key_move = jax.random.split(key)
-    if settings.look_ahead is not None:
-        look = settings.look_ahead(model, particles, prev_step, obs)
-        look = jnp.where(jnp.isnan(look), -jnp.inf, look)
-        first_stage, first_total, first_alive = _normalise(log_weights, look)
-    else:
-        first_stage, first_total, first_alive = log_weights, jnp.zeros((), dtype), True
-    ess = effective_sample_size(first_stage)
-    threshold = settings.ess_threshold
-    do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
-
-    def resampled(_):
-        ancestors = RESAMPLERS[settings.resampling](key_resample, first_stage)
-        return ancestors, jnp.full(num, log_uniform)
-
-    def kept(_):
-        return jnp.arange(num, dtype=jnp.int32), first_stage
-
-    ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
-    moved, increments = settings.proposal.move(
-        model, key_move, particles[ancestors], prev_step, obs
-    )
-    if settings.look_ahead is not None:
-        increments = increments - look[ancestors]
-    new_log_weights, total, alive = _normalise(log_base, increments)
-    alive = alive & first_alive
-    new_log_weights = jnp.where(alive, new_log_weights, log_uniform)
-    increment = jnp.where(alive, first_total + total, -jnp.inf)
-    return FilterStep(moved, new_log_weights, increment, alive, ancestors, do_resample)
-
-
 class PaRISResult(NamedTuple):
     r"""Online smoothed expectations of an additive functional, and the filter's by-products.
 
@@ -209,16 +154,13 @@ def run_paris(
     backward: str,
 ) -> PaRISResult:
     """The particle filter and the PaRIS update in one scan over time."""
-    num = settings.num_particles
     observations = Observation(data.values, data.observed, data.steps)
     first = jax.tree.map(lambda a: a[0], observations)
     key_first, key_rest = jax.random.split(key)
 
-    particles, increments = settings.proposal.initial(model, key_first, num, first)
-    log_uniform = -jnp.log(jnp.asarray(num, particles.dtype))
-    log_weights, total, alive = _normalise(jnp.full(num, log_uniform), increments)
-    log_marginal0 = jnp.where(alive, total, -jnp.inf)
-    degenerate0 = jnp.where(alive, -1, 0).astype(jnp.int32)
+    particles, log_weights, log_marginal0, degenerate0 = initial_step(
+        model, settings, key_first, first
+    )
     statistics = initial_statistics(functional, initial, particles)
 
     def step(carry, args):
@@ -238,9 +180,7 @@ def run_paris(
             num_backward,
             backward=backward,
         )
-        degenerate = jnp.where(
-            (degenerate < 0) & ~out.alive, (prev_step.index + 1).astype(jnp.int32), degenerate
-        )
+        degenerate = mark_degenerate(degenerate, out.alive, prev_step.index)
         mean, _ = _moments(out.particles, out.log_weights)
         outs = (
             weighted_estimate(statistics, out.log_weights),

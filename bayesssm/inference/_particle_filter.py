@@ -33,6 +33,7 @@ from jax.scipy.special import logsumexp
 
 from .._types import Array, Bool, Float, Int, Key
 from ..data import Observations
+from ..ssm import StepInputs
 from ._proposals import Observation
 from ._resampling import RESAMPLERS, effective_sample_size
 
@@ -91,61 +92,99 @@ def _normalise(log_base: Float[Array, " N"], increments: Float[Array, " N"]):
     return log_weights, total, alive
 
 
+class FilterStep(NamedTuple):
+    """What one particle-filter step returns (see `filter_step`)."""
+
+    particles: Array  # (N, *E) the moved particles x_t
+    log_weights: Float[Array, " N"]  # their normalised log-weights (uniform after a dead step)
+    increment: Float[Array, ""]  # estimate of log p(y_t | y_{0:t-1}); -inf after a dead step
+    alive: Bool[Array, ""]  # whether any weight survived
+    ancestors: Int[Array, " N"]  # the parent at t - 1 of each particle
+    resampled: Bool[Array, ""]
+
+
+def filter_step(
+    model,
+    settings: Settings,
+    key: Key,
+    particles: Float[Array, " N *E"],
+    log_weights: Float[Array, " N"],
+    prev_step: StepInputs,
+    obs: Observation,
+) -> FilterStep:
+    """One step t - 1 -> t of the particle filter, as `run_particle_filter` does it."""
+    num = settings.num_particles
+    dtype = log_weights.dtype
+    log_uniform = -jnp.log(jnp.asarray(num, dtype))
+    key_resample, key_move = jax.random.split(key)
+    if settings.look_ahead is not None:
+        look = settings.look_ahead(model, particles, prev_step, obs)
+        look = jnp.where(jnp.isnan(look), -jnp.inf, look)
+        first_stage, first_total, first_alive = _normalise(log_weights, look)
+    else:
+        first_stage, first_total, first_alive = log_weights, jnp.zeros((), dtype), True
+    ess = effective_sample_size(first_stage)
+    threshold = settings.ess_threshold
+    do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
+
+    def resampled(_):
+        ancestors = RESAMPLERS[settings.resampling](key_resample, first_stage)
+        return ancestors, jnp.full(num, log_uniform)
+
+    def kept(_):
+        return jnp.arange(num, dtype=jnp.int32), first_stage
+
+    ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
+    moved, increments = settings.proposal.move(
+        model, key_move, particles[ancestors], prev_step, obs
+    )
+    if settings.look_ahead is not None:
+        increments = increments - look[ancestors]
+    new_log_weights, total, alive = _normalise(log_base, increments)
+    alive = alive & first_alive
+    new_log_weights = jnp.where(alive, new_log_weights, log_uniform)
+    increment = jnp.where(alive, first_total + total, -jnp.inf)
+    return FilterStep(moved, new_log_weights, increment, alive, ancestors, do_resample)
+
+
+def initial_step(model, settings: Settings, key: Key, first: Observation):
+    """Step 0: particles from the initial proposal, weighted; (particles, normalised
+    log-weights, log p(y_0) estimate, degenerate step so far)."""
+    num = settings.num_particles
+    particles, increments = settings.proposal.initial(model, key, num, first)
+    log_uniform = -jnp.log(jnp.asarray(num, particles.dtype))
+    log_weights, total, alive = _normalise(jnp.full(num, log_uniform), increments)
+    log_marginal = jnp.where(alive, total, -jnp.inf)
+    return particles, log_weights, log_marginal, jnp.where(alive, -1, 0).astype(jnp.int32)
+
+
+def mark_degenerate(degenerate: Int[Array, ""], alive, index) -> Int[Array, ""]:
+    """The first step t at which no weight survived (`index` is t - 1), or -1."""
+    return jnp.where((degenerate < 0) & ~alive, (index + 1).astype(jnp.int32), degenerate)
+
+
 def run_particle_filter(
     model, data: Observations, key: Key, settings: Settings
 ) -> ParticleFilterResult:
     num = settings.num_particles
-    resample = RESAMPLERS[settings.resampling]
-    proposal = settings.proposal
     observations = Observation(data.values, data.observed, data.steps)
     first = jax.tree.map(lambda a: a[0], observations)
     key_first, key_rest = jax.random.split(key)
-
-    particles, increments = proposal.initial(model, key_first, num, first)
-    dtype = particles.dtype
-    log_uniform = -jnp.log(jnp.asarray(num, dtype))
-    log_weights, total, alive = _normalise(jnp.full(num, log_uniform), increments)
-    log_marginal0 = jnp.where(alive, total, -jnp.inf)
-    degenerate0 = jnp.where(alive, -1, 0).astype(jnp.int32)
+    particles, log_weights, log_marginal0, degenerate0 = initial_step(
+        model, settings, key_first, first
+    )
 
     def step(carry, args):
         particles, log_weights, degenerate = carry
         key, prev_step, obs = args
-        key_resample, key_move = jax.random.split(key)
-        if settings.look_ahead is not None:
-            look = settings.look_ahead(model, particles, prev_step, obs)
-            look = jnp.where(jnp.isnan(look), -jnp.inf, look)
-            first_stage, first_total, first_alive = _normalise(log_weights, look)
-        else:
-            first_stage, first_total, first_alive = log_weights, jnp.zeros((), dtype), True
-        ess = effective_sample_size(first_stage)
-        threshold = settings.ess_threshold
-        do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
-
-        def resampled(_):
-            ancestors = resample(key_resample, first_stage)
-            return ancestors, jnp.full(num, log_uniform)
-
-        def kept(_):
-            return jnp.arange(num, dtype=jnp.int32), first_stage
-
-        ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
-        parents = particles[ancestors]
-        moved, increments = proposal.move(model, key_move, parents, prev_step, obs)
-        if settings.look_ahead is not None:
-            increments = increments - look[ancestors]
-        log_weights, total, alive = _normalise(log_base, increments)
-        alive = alive & first_alive
-        log_weights = jnp.where(alive, log_weights, log_uniform)
-        increment = jnp.where(alive, first_total + total, -jnp.inf)
-        degenerate = jnp.where(
-            (degenerate < 0) & ~alive, (prev_step.index + 1).astype(jnp.int32), degenerate
-        )
-        mean, variance = _moments(moved, log_weights)
-        out = (increment, effective_sample_size(log_weights), do_resample, mean, variance)
+        out = filter_step(model, settings, key, particles, log_weights, prev_step, obs)
+        degenerate = mark_degenerate(degenerate, out.alive, prev_step.index)
+        mean, variance = _moments(out.particles, out.log_weights)
+        ess = effective_sample_size(out.log_weights)
+        outs = (out.increment, ess, out.resampled, mean, variance)
         if settings.store_history:
-            out = out + (moved, log_weights, ancestors)
-        return (moved, log_weights, degenerate), out
+            outs = outs + (out.particles, out.log_weights, out.ancestors)
+        return (out.particles, out.log_weights, degenerate), outs
 
     prev_steps = jax.tree.map(lambda a: a[:-1], data.steps)
     rest = jax.tree.map(lambda a: a[1:], observations)

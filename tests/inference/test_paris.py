@@ -93,7 +93,12 @@ def _cached_runs(problem, backward, num_particles):
     return _CACHE[backward, num_particles]
 
 
-@pytest.mark.parametrize("backward, num_particles", [("rejection", 1000), ("exact", 300)])
+# The exact kernel is slow-only here: the default suite checks its probabilities exactly
+# (tests/inference/test_particle_smoothers.py) and runs it in PaRIS particle Gibbs.
+@pytest.mark.parametrize(
+    "backward, num_particles",
+    [("rejection", 1000), pytest.param("exact", 300, marks=pytest.mark.slow)],
+)
 def test_online_estimates_match_exact_smoother(problem, backward, num_particles):
     model, y = problem
     estimates, log_marginals = _cached_runs(problem, backward, num_particles)

@@ -56,7 +56,11 @@ def _within_4se(draws, exact):
     return np.abs(mean - exact) <= 4 * se
 
 
-@pytest.mark.parametrize("smoother", ["ffbs", "ffbs_rejection", "genealogy"])
+# ffbs_rejection against RTS is slow-only: the default suite checks it draws the law of ffbs
+# (test_ffbs_and_rejection_draw_the_same_law) and its kernel's exact probabilities.
+@pytest.mark.parametrize(
+    "smoother", ["ffbs", pytest.param("ffbs_rejection", marks=pytest.mark.slow), "genealogy"]
+)
 def test_smoothing_moments_match_rts(problem, smoother):
     model, y, exact = problem
     means, variances = _smoother_runs(model, y, smoother)
