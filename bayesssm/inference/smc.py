@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from .._types import Array, Float, Key
 from ..data import Observations
@@ -84,7 +85,7 @@ class ParticleFilter(eqx.Module):
 
     def __check_init__(self):
         num = self.num_particles
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
             raise ValueError(f"num_particles must be a positive int, got {num!r}.")
         if self.resampling not in RESAMPLERS:
             raise ValueError(
