@@ -548,7 +548,11 @@ def batch_check(lls: dict) -> str:
 # -- main -------------------------------------------------------------------------------------
 
 
-def machine() -> list[str]:
+PEERS = ("bayesssm", "jax", "numpy", "statsmodels", "dynamax", "cuthbert", "pykalman")
+
+
+def machine(packages: tuple[str, ...] = PEERS) -> list[str]:
+    """The CPU, load, JAX backend and flags, and the versions of `packages`."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -556,14 +560,15 @@ def machine() -> list[str]:
     except (OSError, StopIteration):
         pass
     versions = []
-    for name in ("bayesssm", "jax", "numpy", "statsmodels", "dynamax", "cuthbert", "pykalman"):
+    for name in packages:
         try:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
     devices = ", ".join(str(d) for d in jax.devices())
     return [
-        f"CPU: {cpu}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}",
+        f"CPU: {cpu}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
         f"JAX backend: {jax.default_backend()} ({devices}); x64 {jax.config.jax_enable_x64}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
         "Versions: " + ", ".join(versions),

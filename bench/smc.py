@@ -50,7 +50,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
 import os
@@ -67,7 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from kalman import fmt_time, in_thread, pin_to_one_cpu  # noqa: E402 (sets XLA_FLAGS first)
+from kalman import fmt_time, in_thread, machine, pin_to_one_cpu  # noqa: E402 (sets XLA_FLAGS first)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -85,6 +84,8 @@ CAP_S = 40.0  # no repeat that would take a variant's repeats past this (at leas
 HANG_S = 600.0  # a variant still running after this long is abandoned
 Z_MAX = 4.0  # standard errors between means above which a library is flagged
 PG_PARTICLES, PG_SWEEPS, PG_SWEEPS_PEER = 100, 50, 5
+# versions printed with the machine
+PACKAGES = ("bayesssm", "jax", "numpy", "particles", "numba", "cuthbert")
 ABANDONED: list[str] = []
 
 
@@ -102,35 +103,10 @@ def simulate(num_timesteps: int, seed: int = 0) -> np.ndarray:
 
 
 def our_model(dtype=jnp.float64):
-    """The repository's `StochasticVolatility` (or the same model defined here if absent)."""
-    try:
-        from bayesssm.models.stochastic_volatility import StochasticVolatility
-    except ImportError:
-        StochasticVolatility = _fallback_model()
-    return StochasticVolatility(*(jnp.asarray(v, dtype) for v in (MU, RHO, SIGMA)))
-
-
-def _fallback_model():
-    import distrax
-
+    """The library's `bs.models.StochasticVolatility` with the benchmark's parameters."""
     import bayesssm as bs
 
-    class StochasticVolatility(bs.AbstractSSM):
-        mu: jax.Array
-        rho: jax.Array
-        sigma: jax.Array
-
-        def initial(self, inputs=None):
-            return distrax.Normal(self.mu, self.sigma / jnp.sqrt(1 - self.rho**2))
-
-        def transition(self, x, inputs=None):
-            return distrax.Normal(self.mu + self.rho * (x - self.mu), self.sigma)
-
-        def emission(self, x, inputs=None):
-            scale = jnp.exp(x / 2)
-            return distrax.Normal(jnp.zeros_like(scale), scale)
-
-    return StochasticVolatility
+    return bs.models.StochasticVolatility(*(jnp.asarray(v, dtype) for v in (MU, RHO, SIGMA)))
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -498,42 +474,28 @@ def memory_section(num_timesteps: int, pin: bool) -> list[str]:
 # -- particle Gibbs ---------------------------------------------------------------------------
 
 
-def particle_gibbs_function():
-    import bayesssm as bs
-
-    function = getattr(bs, "particle_gibbs", None)
-    if function is None:
-        try:
-            from bayesssm.inference.particle_gibbs import particle_gibbs as function
-        except ImportError:
-            return None
-    return function
-
-
 def particle_gibbs_section(y: np.ndarray, libs: list[str]) -> list[str]:
     head = f"Particle Gibbs: N={PG_PARTICLES}, T={T}, parameters fixed; sweeps per second"
     lines = [head]
-    function = particle_gibbs_function()
-    if function is None:
-        lines.append("  ours: not available (bs.particle_gibbs not found)")
-    else:
-        model, data = our_model(), jnp.asarray(y)
-        for method in ("ancestor", "backward"):
+    import bayesssm as bs
 
-            def run(seed, num_samples, method=method):
-                key = jax.random.key(seed)
-                out = function(
-                    model,
-                    data,
-                    key=key,
-                    num_samples=num_samples,
-                    num_particles=PG_PARTICLES,
-                    method=method,
-                )
-                return jax.block_until_ready(out)
+    model, data = our_model(), jnp.asarray(y)
+    for method in ("ancestor", "backward"):
 
-            name = f"ours bs.particle_gibbs(method={method!r})"
-            lines.append(pg_line(name, run, PG_SWEEPS, compiles=True))
+        def run(seed, num_samples, method=method):
+            key = jax.random.key(seed)
+            out = bs.particle_gibbs(
+                model,
+                data,
+                key=key,
+                num_samples=num_samples,
+                num_particles=PG_PARTICLES,
+                method=method,
+            )
+            return jax.block_until_ready(out)
+
+        name = f"ours bs.particle_gibbs(method={method!r})"
+        lines.append(pg_line(name, run, PG_SWEEPS, compiles=True))
     if "particles" in libs:
         for backward in (False, True):
             name = f"particles ParticleGibbs(backward_step={backward}), CSMC ESSrmin=1"
@@ -620,27 +582,6 @@ def particles_gibbs(y: np.ndarray, backward: bool) -> Callable[[int, int], objec
 # -- main -------------------------------------------------------------------------------------
 
 
-def machine() -> list[str]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = []
-    for name in ("bayesssm", "jax", "numpy", "particles", "numba", "cuthbert"):
-        try:
-            versions.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
-    return [
-        f"CPU: {cpu}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
-        f"{time.strftime('%Y-%m-%d %H:%M')}",
-        f"JAX backend: {jax.default_backend()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
-        "Versions: " + ", ".join(versions),
-    ]
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=1000 only, fewer repeats")
@@ -675,7 +616,7 @@ def main() -> None:
         child_memory(args.child_memory, args.child_T)
         return
     start = time.perf_counter()
-    print("\n".join(machine()))
+    print("\n".join(machine(PACKAGES)))
     if pinned is not None:
         print(f"Pinned to CPU {pinned}: every library runs on one core (--all-cores to lift).")
     repeats = REPEATS_QUICK if args.quick else REPEATS
