@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,8 +35,9 @@ from jax.scipy.special import logsumexp
 from .._types import Array, Bool, Float, Int, Key
 from ..data import Observations
 from ..ssm import StepInputs
+from . import _random as random
 from ._proposals import Observation
-from ._resampling import RESAMPLERS, effective_sample_size
+from ._resampling import FROM_UNIFORMS, RESAMPLERS, effective_sample_size, uniform_shape
 
 
 class ParticleHistory(NamedTuple):
@@ -92,6 +94,14 @@ def _normalise(log_base: Float[Array, " N"], increments: Float[Array, " N"]):
     return log_weights, total, alive
 
 
+class StepDraws(NamedTuple):
+    """A step's pre-drawn randomness: the resampling scheme's uniforms, and the proposal's
+    standard normal noise (N, *noise_shape), or None when its moves draw from a key."""
+
+    uniforms: Array
+    noise: Array | None
+
+
 class FilterStep(NamedTuple):
     """What one particle-filter step returns (see `filter_step`)."""
 
@@ -111,8 +121,10 @@ def filter_step(
     log_weights: Float[Array, " N"],
     prev_step: StepInputs,
     obs: Observation,
+    draws: StepDraws | None = None,
 ) -> FilterStep:
-    """One step t - 1 -> t of the particle filter, as `run_particle_filter` does it."""
+    """One step t - 1 -> t of the particle filter, as `run_particle_filter` does it; with
+    `draws`, its resampling uniforms and move noise come from there instead of `key`."""
     num = settings.num_particles
     dtype = log_weights.dtype
     log_uniform = -jnp.log(jnp.asarray(num, dtype))
@@ -128,7 +140,10 @@ def filter_step(
     do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
 
     def resampled(_):
-        ancestors = RESAMPLERS[settings.resampling](key_resample, first_stage)
+        if draws is None:
+            ancestors = RESAMPLERS[settings.resampling](key_resample, first_stage)
+        else:
+            ancestors = FROM_UNIFORMS[settings.resampling](draws.uniforms, first_stage)
         return ancestors, jnp.full(num, log_uniform)
 
     def kept(_):
@@ -136,7 +151,7 @@ def filter_step(
 
     ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
     moved, increments = settings.proposal.move(
-        model, key_move, particles[ancestors], prev_step, obs
+        model, key_move, particles[ancestors], prev_step, obs, draws and draws.noise
     )
     if settings.look_ahead is not None:
         increments = increments - look[ancestors]
@@ -163,21 +178,73 @@ def mark_degenerate(degenerate: Int[Array, ""], alive, index) -> Int[Array, ""]:
     return jnp.where((degenerate < 0) & ~alive, (index + 1).astype(jnp.int32), degenerate)
 
 
+# Most numbers drawn at once for a block of steps (16 MiB in float64): drawn in bulk they
+# vectorise, where draws inside each step would not, and memory stays O(N) for large N.
+DRAWS_PER_BLOCK = 2**21
+
+
+def _blocks(num_steps: int, per_step: int) -> tuple[int, int]:
+    """(number of blocks, steps per block) covering `num_steps` steps with the fewest padded
+    steps, each block's draws within DRAWS_PER_BLOCK."""
+    cap = max(1, DRAWS_PER_BLOCK // max(per_step, 1))
+    num_blocks = -(-num_steps // cap)
+    return num_blocks, -(-num_steps // num_blocks)
+
+
+def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape, dtype):
+    """`lax.scan(step, carry0, xs)` with `step(carry, (x, draws))`, the `StepDraws` of a block
+    of steps drawn at once. Steps past the end (padding of the last block) leave the carry as
+    it is, and their outputs are dropped."""
+    num = settings.num_particles
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    u_shape = uniform_shape(settings.resampling, num)
+    per_step = math.prod(u_shape) + (0 if noise_shape is None else num * math.prod(noise_shape))
+    num_blocks, block = _blocks(num_steps, per_step)
+    pad = num_blocks * block - num_steps
+
+    def blocked(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+        return a.reshape(num_blocks, block, *a.shape[1:])
+
+    def inner(carry, args):
+        x, draws, valid = args
+        new_carry, out = step(carry, (x, draws))
+        if pad:
+            new_carry = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
+        return new_carry, out
+
+    def outer(carry, args):
+        block_key, x, valid = args
+        key_uniform, key_noise = jax.random.split(block_key)
+        uniforms = random.uniform(key_uniform, (block, *u_shape), dtype)
+        noise = None
+        if noise_shape is not None:
+            noise = random.normal(key_noise, (block, num, *noise_shape), dtype)
+        return jax.lax.scan(inner, carry, (x, StepDraws(uniforms, noise), valid))
+
+    valid = (jnp.arange(num_blocks * block) < num_steps).reshape(num_blocks, block)
+    block_keys = jax.random.split(key, num_blocks)
+    carry, outs = jax.lax.scan(outer, carry0, (block_keys, jax.tree.map(blocked, xs), valid))
+    outs = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_steps], outs)
+    return carry, outs
+
+
 def run_particle_filter(
     model, data: Observations, key: Key, settings: Settings
 ) -> ParticleFilterResult:
     num = settings.num_particles
     observations = Observation(data.values, data.observed, data.steps)
     first = jax.tree.map(lambda a: a[0], observations)
-    key_first, key_rest = jax.random.split(key)
+    key_first, key_rest, key_draws = jax.random.split(key, 3)
     particles, log_weights, log_marginal0, degenerate0 = initial_step(
         model, settings, key_first, first
     )
 
     def step(carry, args):
         particles, log_weights, degenerate = carry
-        key, prev_step, obs = args
-        out = filter_step(model, settings, key, particles, log_weights, prev_step, obs)
+        (key, prev_step, obs), draws = args
+        out = filter_step(model, settings, key, particles, log_weights, prev_step, obs, draws)
         degenerate = mark_degenerate(degenerate, out.alive, prev_step.index)
         mean, variance = _moments(out.particles, out.log_weights)
         ess = effective_sample_size(out.log_weights)
@@ -190,9 +257,14 @@ def run_particle_filter(
     rest = jax.tree.map(lambda a: a[1:], observations)
     keys = jax.random.split(key_rest, data.num_timesteps - 1)
     carry0 = (particles, log_weights, degenerate0)
-    (last, last_log_weights, degenerate), outs = jax.lax.scan(
-        step, carry0, (keys, prev_steps, rest)
+    xs = (keys, prev_steps, rest)
+    noise_shape = settings.proposal.noise_shape(
+        model, particles[0], jax.tree.map(lambda a: a[0], prev_steps), first
     )
+    carry, outs = _scan_in_blocks(
+        step, carry0, xs, key_draws, settings, noise_shape, particles.dtype
+    )
+    last, last_log_weights, degenerate = carry
     mean0, variance0 = _moments(particles, log_weights)
     increments, ess, did_resample, means, variances = outs[:5]
 

@@ -5,9 +5,10 @@ $\log g(y_t \mid x_t) + \log f(x_t \mid x_{t-1}) - \log q(x_t \mid x_{t-1}, y_t)
 entries of y_t. `look_ahead` is the auxiliary filter's first-stage weight, an estimate of
 $\log p(y_t \mid x_{t-1})$.
 
-Draws use one key per particle under `jax.vmap`, which works for any distribution; a plain
-`distrax.Normal` (the common scalar case) is instead built once for all particles and drawn with
-one key, which skips N key derivations per step.
+Draws use one key per particle under `jax.vmap`, which works for any distribution. A plain
+`distrax.Normal` (the common scalar case) is instead built once for all particles and moved as
+loc + scale z; such proposals report the shape of z (`noise_shape`), and the filter then draws z
+for many steps at once (`run_particle_filter`) and passes each step's slice as `noise`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,26 @@ from ._observed_log_prob import observed_log_likelihoods
 from ._square_root import update
 
 
-def sample_each(method: Callable, key: Key, particles: Array) -> Array:
-    """One draw from `method(x)` for every particle x."""
+def normal_noise_shape(method: Callable, particle: Array) -> tuple[int, ...] | None:
+    """The shape of z when every `method(x)` is a plain `distrax.Normal` (a draw is
+    loc + scale z with z standard normal); None otherwise."""
+    probe = jax.eval_shape(method, particle)
+    if type(probe) is not distrax.Normal:
+        return None
+    return tuple(probe.batch_shape + probe.event_shape)
+
+
+def sample_each(method: Callable, key: Key, particles: Array, noise: Array | None = None) -> Array:
+    """One draw from `method(x)` for every particle x; with `noise` (standard normals of shape
+    (N, *normal_noise_shape)) the draws are loc + scale * noise."""
     probe = jax.eval_shape(method, particles[0])
     if type(probe) is distrax.Normal:  # flat parameters: safe to batch by vmap
-        return jax.vmap(method)(particles).sample(seed=key)
+        dist = jax.vmap(method)(particles)
+        if noise is not None:
+            return dist.loc + dist.scale * noise
+        return dist.sample(seed=key)
+    if noise is not None:
+        raise ValueError("pre-drawn noise needs a distrax.Normal; this is a bug in bayesssm.")
     keys = jax.random.split(key, particles.shape[0])
     return jax.vmap(lambda k, x: method(x).sample(seed=k))(keys, particles)
 
@@ -76,8 +92,19 @@ class Bootstrap(eqx.Module):
         particles = model.initial(obs.step).sample(seed=key, sample_shape=(num,))
         return particles, _log_likelihoods(model, particles, obs)
 
-    def move(self, model, key: Key, previous: Array, prev_step: StepInputs, obs: Observation):
-        particles = sample_each(lambda x: model.transition(x, prev_step), key, previous)
+    def noise_shape(self, model, particle: Array, prev_step: StepInputs, obs: Observation):
+        return normal_noise_shape(lambda x: model.transition(x, prev_step), particle)
+
+    def move(
+        self,
+        model,
+        key: Key,
+        previous: Array,
+        prev_step: StepInputs,
+        obs: Observation,
+        noise: Array | None = None,
+    ):
+        particles = sample_each(lambda x: model.transition(x, prev_step), key, previous, noise)
         return particles, _log_likelihoods(model, particles, obs)
 
     def look_ahead(self, model, previous: Array, prev_step: StepInputs, obs: Observation):
@@ -104,18 +131,30 @@ class Guided(Bootstrap):
         log_ratio = prior.log_prob(particles) - q.log_prob(particles)
         return particles, _log_likelihoods(model, particles, obs) + log_ratio
 
-    def move(self, model, key: Key, previous: Array, prev_step: StepInputs, obs: Observation):
+    def _q(self, obs: Observation) -> Callable:
         y = with_missing_as_nan(obs.y, obs.observed)
+        return lambda x: self.fn(x, y, obs.step)
 
-        def q(x):
-            return self.fn(x, y, obs.step)
+    def noise_shape(self, model, particle: Array, prev_step: StepInputs, obs: Observation):
+        return normal_noise_shape(self._q(obs), particle)
+
+    def move(
+        self,
+        model,
+        key: Key,
+        previous: Array,
+        prev_step: StepInputs,
+        obs: Observation,
+        noise: Array | None = None,
+    ):
+        q = self._q(obs)
 
         def f(x):
             return model.transition(x, prev_step)
 
         expected = jax.eval_shape(f, previous[0]).event_shape
         _check_event_shape("proposal", jax.eval_shape(q, previous[0]), expected)
-        particles = sample_each(q, key, previous)
+        particles = sample_each(q, key, previous, noise)
         log_ratio = log_prob_each(f, previous, particles) - log_prob_each(q, previous, particles)
         return particles, _log_likelihoods(model, particles, obs) + log_ratio
 
@@ -148,8 +187,10 @@ class LocallyOptimal(eqx.Module):
         up = update(mean, chol, H, d, chol_R, obs.y, obs.observed)
         return up.mean, up.chol, up.log_likelihood
 
-    def _draw(self, key: Key, means: Array, chols: Array, shape: tuple) -> Array:
-        noise = jax.random.normal(key, means.shape, means.dtype)
+    def _draw(self, key: Key, means: Array, chols: Array, shape: tuple, noise=None) -> Array:
+        if noise is None:
+            noise = jax.random.normal(key, means.shape, means.dtype)
+        noise = noise.reshape(means.shape)
         return (means + jnp.einsum("nij,nj->ni", chols, noise)).reshape((-1, *shape))
 
     def initial(self, model, key: Key, num: int, obs: Observation):
@@ -165,9 +206,20 @@ class LocallyOptimal(eqx.Module):
 
         return jax.vmap(one)(previous)
 
-    def move(self, model, key: Key, previous: Array, prev_step: StepInputs, obs: Observation):
+    def noise_shape(self, model, particle: Array, prev_step: StepInputs, obs: Observation):
+        return (particle.size,)
+
+    def move(
+        self,
+        model,
+        key: Key,
+        previous: Array,
+        prev_step: StepInputs,
+        obs: Observation,
+        noise: Array | None = None,
+    ):
         means, chols, log_pred = self._posteriors(model, previous, prev_step, obs)
-        return self._draw(key, means, chols, previous.shape[1:]), log_pred
+        return self._draw(key, means, chols, previous.shape[1:], noise), log_pred
 
     def look_ahead(self, model, previous: Array, prev_step: StepInputs, obs: Observation):
         """The exact predictive p(y_t | x_{t-1}): a fully adapted auxiliary filter."""

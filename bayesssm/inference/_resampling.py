@@ -1,7 +1,8 @@
 """Resampling schemes: ancestor indices from normalised log-weights.
 
-Each scheme maps `(key, log_weights)` with `logsumexp(log_weights) = 0` to N ancestor indices
-whose counts are unbiased for N times the weights. Systematic and stratified are O(N): their
+Each scheme maps its uniforms on [0, 1) (`uniform_shape`) and log-weights with
+`logsumexp(log_weights) = 0` to N ancestor indices whose counts are unbiased for N times the
+weights; `RESAMPLERS` draws the uniforms from a key. Systematic and stratified are O(N): their
 sorted uniforms are counted against the cumulative weights in closed form, and the counts are
 turned into indices by one scatter and one cumulative sum; multinomial and residual draw iid
 uniforms and search them, O(N log N). Ancestors come out sorted, which keeps the gather that
@@ -14,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -39,21 +41,19 @@ def _indices_from_counts_below(below: Int[Array, " N"], num: int) -> Int[Array, 
     return jnp.minimum(cumulative_sum(hits[:num]), num - 1)
 
 
-def systematic(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+def systematic(u: Float[Array, ""], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     """One uniform U; draws u_j = (j + U) / N."""
     num = log_weights.shape[0]
     cumulative = _cumulative_weights(log_weights)
-    u = jax.random.uniform(key, (), log_weights.dtype)
     # #{j : (j + U) / N <= c} = floor(N c - U) + 1, clipped to [0, N]
     below = jnp.clip(jnp.floor(num * cumulative - u).astype(jnp.int32) + 1, 0, num)
     return _indices_from_counts_below(below, num)
 
 
-def stratified(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+def stratified(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     """One uniform U_j per stratum; draws u_j = (j + U_j) / N."""
     num = log_weights.shape[0]
     cumulative = _cumulative_weights(log_weights)
-    u = jax.random.uniform(key, (num,), log_weights.dtype)
     scaled = num * cumulative
     whole = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, num)
     # strata j < whole lie below c; stratum `whole` does when its U is at most the remainder
@@ -66,14 +66,13 @@ def _search(cumulative: Float[Array, " N"], u: Float[Array, " K"]) -> Int[Array,
     return jnp.minimum(jnp.searchsorted(cumulative, u, method="scan"), cumulative.shape[0] - 1)
 
 
-def multinomial(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+def multinomial(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     """N iid draws from the weights (inverse CDF of sorted uniforms)."""
-    num = log_weights.shape[0]
-    u = jnp.sort(jax.random.uniform(key, (num,), log_weights.dtype))
+    u = jnp.sort(u)
     return _search(_cumulative_weights(log_weights), u)
 
 
-def residual(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+def residual(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     """floor(N w_i) copies of particle i, then R = N - sum floor(N w_i) multinomial draws from
     the residual weights N w_i - floor(N w_i)."""
     num = log_weights.shape[0]
@@ -84,8 +83,7 @@ def residual(key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
     rest = jnp.maximum(scaled - copies, 0.0)
     num_rest = num - jnp.sum(copies).astype(jnp.int32)
     cumulative_rest = cumulative_sum(rest)
-    u = jax.random.uniform(key, (num,), log_weights.dtype) * cumulative_rest[-1]
-    drawn = _search(cumulative_rest, u)
+    drawn = _search(cumulative_rest, u * cumulative_rest[-1])
     keep = (jnp.arange(num) < num_rest).astype(jnp.int32)
     counts = copies.astype(jnp.int32) + jnp.zeros(num, jnp.int32).at[drawn].add(keep)
     # sum of counts is N; `below` of particle i is the inclusive cumulative count
@@ -99,11 +97,29 @@ def draw_indices(key: Key, log_weights: Float[Array, " N"], num: int) -> Int[Arr
     return jnp.minimum(jnp.searchsorted(cumulative, u), log_weights.shape[0] - 1)
 
 
-RESAMPLERS: dict[str, Callable[[Key, Float[Array, " N"]], Int[Array, " N"]]] = {
+# Each scheme from its uniforms on [0, 1): one for systematic resampling, N for the others.
+FROM_UNIFORMS: dict[str, Callable[[Array, Float[Array, " N"]], Int[Array, " N"]]] = {
     "multinomial": multinomial,
     "stratified": stratified,
     "systematic": systematic,
     "residual": residual,
+}
+
+
+def uniform_shape(scheme: str, num: int) -> tuple[int, ...]:
+    """The shape of the uniforms that `scheme` needs for `num` particles."""
+    return () if scheme == "systematic" else (num,)
+
+
+def resample(scheme: str, key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+    """Ancestor indices by `scheme`, its uniforms drawn from `key`."""
+    shape = uniform_shape(scheme, log_weights.shape[0])
+    u = jax.random.uniform(key, shape, log_weights.dtype)
+    return FROM_UNIFORMS[scheme](u, log_weights)
+
+
+RESAMPLERS: dict[str, Callable[[Key, Float[Array, " N"]], Int[Array, " N"]]] = {
+    scheme: functools.partial(resample, scheme) for scheme in FROM_UNIFORMS
 }
 
 

@@ -207,7 +207,11 @@ def _exact_moments(data_name: str):
 @pytest.mark.parametrize(("name", "data_name"), FAST)
 def test_filtering_moments_match_kalman(name, data_name):
     """Exact identity E[Z_hat_{0:t} / Z_{0:t} (pi_hat_t(phi) - pi_t(phi))] = 0, any N."""
-    means, variances, log_liks, log_marginals = runs(name, N_FAST, data_name, 256, seed=1)
+    out = runs(name, N_FAST, data_name, 256, seed=1)
+    assert_moments_identity(*out, data_name, name)
+
+
+def assert_moments_identity(means, variances, log_liks, log_marginals, data_name, name):
     exact_means, exact_vars, exact = _exact_moments(data_name)
     ratio = np.exp(np.cumsum(log_marginals, 1) - np.cumsum(np.asarray(exact.log_marginals)))
     ratio = ratio[:, :, None]  # (R, T, 1)
@@ -218,6 +222,31 @@ def test_filtering_moments_match_kalman(name, data_name):
     assert_within(ratio * second, 0.0, z, f"{what}: second moments")
     # every engine's likelihood estimate is unbiased (Z = 4 here: one check per engine)
     assert_unbiased_likelihood(log_liks, float(exact.log_marginal), Z_MEAN, f"{what}: p(y)")
+
+
+@pytest.mark.parametrize("name", ["systematic", "optimal"])
+def test_draws_in_padded_blocks(name, monkeypatch):
+    """Randomness drawn for blocks of 5 steps: 29 moves make 6 blocks, the last one padded.
+    The padding must leave the carry (the last particles and weights) as the last real step
+    left it, and the filter must stay exact in the sense of the identity above."""
+    from bayesssm.inference import _particle_filter
+
+    engine = ENGINES[name, N_FAST]
+    noise = N_FAST * D if name == "optimal" else 0  # the bootstrap moves of MODEL draw by key
+    monkeypatch.setattr(_particle_filter, "DRAWS_PER_BLOCK", 5 * (1 + noise))
+    assert _particle_filter._blocks(T - 1, 1 + noise) == (6, 5)
+
+    def one(key, y):
+        r = bs.filter(MODEL, y, engine=engine, key=key)
+        return r.means, r.variances, r.log_marginal, r.log_marginals, r.particles, r.log_weights
+
+    keys = jax.random.split(jax.random.key(5), 256)
+    run = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    out = [np.asarray(a) for a in run(keys, data()["missing"])]
+    means, _, _, _, particles, log_weights = out
+    last_means = np.sum(np.exp(log_weights)[..., None] * particles, axis=1)
+    np.testing.assert_allclose(last_means, means[:, -1], rtol=1e-12, atol=1e-12)
+    assert_moments_identity(*out[:4], "missing", f"{name} in blocks")
 
 
 @pytest.mark.slow

@@ -1,0 +1,156 @@
+r"""Uniform and standard normal draws in bulk, for the particle filter's pre-drawn randomness.
+
+`jax.random.normal` in float64 costs about 26 ns a value on CPU: Threefry-2x32 runs as a rolled
+loop there, and the uniforms become normals through `erfinv`, whose three polynomial branches are
+all evaluated. Here the same Threefry-2x32 block (20 rounds, Salmon et al. 2011; its words match
+`jax.extend.random.threefry_2x32` exactly) is written out as integer arithmetic that XLA
+vectorises, and each normal is $\sqrt{-2 \log U_1} \cos(2 \pi U_2)$ (Box and Muller 1958) with
+a logarithm and a cosine of our own built from exactly known series, so that every operation
+vectorises: about 19 ns a value.
+
+The draws are exact in the sense `jax.random.normal`'s are: the uniforms carry 52 random bits in
+float64 (23 in float32), and the transform is exact, reaching 8.5 standard deviations in
+float64. The counters live in a domain (a fixed high word) that `jax.random`'s own counters do
+not reach below 2^32 draws, so these draws do not repeat the words of keys split from the same
+key. Keys of another implementation than Threefry (such as "rbg") fall back to `jax.random`.
+
+References:
+    Salmon, J. K., Moraes, M. A., Dror, R. O. and Shaw, D. E. (2011). Parallel random numbers:
+    as easy as 1, 2, 3. SC '11.
+    Box, G. E. P. and Muller, M. E. (1958). A note on the generation of random normal deviates.
+    Annals of Mathematical Statistics 29(2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import UInt32
+
+from .._types import Array, Float, Key
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+_RADIUS_DOMAIN = np.uint32(0x9E3779B9)
+_ANGLE_DOMAIN = np.uint32(0x9E3779BA)
+_UNIFORM_DOMAIN = np.uint32(0x9E3779BB)
+
+
+def _rotate_left(x: Array, bits: int) -> Array:
+    return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
+
+
+def threefry_2x32(
+    key: UInt32[Array, " 2"], x0: UInt32[Array, " *S"], x1: UInt32[Array, " *S"]
+) -> tuple[UInt32[Array, " *S"], UInt32[Array, " *S"]]:
+    """The Threefry-2x32 block (20 rounds) of the counters (x0, x1) under `key`, unrolled."""
+    k0, k1 = key[0], key[1]
+    schedule = (k0, k1, k0 ^ k1 ^ _PARITY)
+    x0, x1 = x0 + k0, x1 + k1
+    for block in range(5):
+        for bits in _ROTATIONS[block % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, bits) ^ x0
+        x0 = x0 + schedule[(block + 1) % 3]
+        x1 = x1 + schedule[(block + 2) % 3] + np.uint32(block + 1)
+    return x0, x1
+
+
+def _threefry_key(key: Key) -> UInt32[Array, " 2"] | None:
+    """The two key words of a Threefry key (typed or raw), or None for another implementation."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        key = jax.random.key_data(key)
+    return key.reshape(2) if key.size == 2 and key.dtype == jnp.uint32 else None
+
+
+def _unit(key: UInt32[Array, " 2"], count: int, domain: np.uint32, dtype) -> Array:
+    """`count` uniforms on [0, 1): the mantissa of a float in [1, 2) from the top random bits,
+    minus 1 (52 bits in float64, 23 in float32)."""
+    counters = jnp.arange(count, dtype=jnp.uint32)
+    high, low = threefry_2x32(key, counters, jnp.full(count, domain, jnp.uint32))
+    if dtype == jnp.float64:
+        bits = (high.astype(jnp.uint64) << np.uint64(20)) | (low.astype(jnp.uint64) >> 12)
+        one = np.uint64(0x3FF0000000000000)
+        return jax.lax.bitcast_convert_type(bits | one, jnp.float64) - 1.0
+    one = np.uint32(0x3F800000)
+    unit = jax.lax.bitcast_convert_type((high >> np.uint32(9)) | one, jnp.float32) - 1.0
+    return unit.astype(dtype)
+
+
+def _series(x2: Array, first: int, terms: int) -> Array:
+    """sum_{k < terms} c_k x2^k by Horner's rule, c_k = 1 / (2k + 1) for the logarithm's
+    series (first = -1), else (-1)^k / (first + 2k)! (sine: first = 1; cosine: first = 0)."""
+
+    def coefficient(k: int) -> float:
+        if first < 0:
+            return 1.0 / (2 * k + 1)
+        return (-1) ** k / math.factorial(first + 2 * k)
+
+    total = jnp.full_like(x2, coefficient(terms - 1))
+    for k in range(terms - 2, -1, -1):
+        total = coefficient(k) + x2 * total
+    return total
+
+
+def log_unit(v: Float[Array, " *S"]) -> Float[Array, " *S"]:
+    """log v for normal floats v > 0: v = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+    log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its odd series."""
+    wide = v.dtype == jnp.float64
+    uint, mantissa_bits, bias = (jnp.uint64, 52, 1023) if wide else (jnp.uint32, 23, 127)
+    bits = jax.lax.bitcast_convert_type(v, uint)
+    exponent = (bits >> mantissa_bits).astype(jnp.int32) - bias
+    mantissa = (bits & uint((1 << mantissa_bits) - 1)) | uint(bias << mantissa_bits)
+    m = jax.lax.bitcast_convert_type(mantissa, v.dtype)  # in [1, 2)
+    upper = m > math.sqrt(2.0)
+    m = jnp.where(upper, 0.5 * m, m)
+    exponent = exponent + upper.astype(jnp.int32)
+    s = (m - 1.0) / (m + 1.0)
+    # the series' tail after `terms` terms is below s^(2 terms) < 0.0295^terms
+    series = _series(s * s, -1, 12 if wide else 5)
+    return exponent.astype(v.dtype) * math.log(2.0) + 2.0 * s * series
+
+
+def cos_turns(u: Float[Array, " *S"]) -> Float[Array, " *S"]:
+    """cos(2 pi u) for u in [0, 1).
+
+    4u splits exactly into a quadrant q = round(4u) and a remainder f in [-1/2, 1/2], so the
+    angle f pi / 2 lies in [-pi/4, pi/4], where 11 Taylor terms of sine and cosine leave an
+    error below 1e-19.
+    """
+    scaled = 4.0 * u
+    quadrant = jnp.round(scaled)
+    x = (scaled - quadrant) * (math.pi / 2)
+    x2 = x * x
+    terms = 11 if u.dtype == jnp.float64 else 6
+    q = quadrant.astype(jnp.int32) & 3
+    cosine = _series(x2, 0, terms)
+    sine = x * _series(x2, 1, terms)
+    # cos(q pi/2 + x) for q = 0, 1, 2, 3
+    even = jnp.where(q == 0, cosine, -cosine)
+    odd = jnp.where(q == 1, -sine, sine)
+    return jnp.where((q & 1) == 0, even, odd)
+
+
+def uniform(key: Key, shape: tuple[int, ...], dtype) -> Float[Array, " *S"]:
+    """Uniforms on [0, 1) of the given shape and float dtype."""
+    words = _threefry_key(key)
+    if words is None:
+        return jax.random.uniform(key, shape, dtype)
+    return _unit(words, math.prod(shape), _UNIFORM_DOMAIN, dtype).reshape(shape)
+
+
+def normal(key: Key, shape: tuple[int, ...], dtype) -> Float[Array, " *S"]:
+    """Standard normals of the given shape and float dtype."""
+    words = _threefry_key(key)
+    if words is None:
+        return jax.random.normal(key, shape, dtype)
+    count = math.prod(shape)
+    u_radius = _unit(words, count, _RADIUS_DOMAIN, dtype)
+    u_angle = _unit(words, count, _ANGLE_DOMAIN, dtype)
+    radius = jnp.sqrt(-2.0 * log_unit(1.0 - u_radius))  # 1 - u is exact and in (0, 1]
+    return (radius * cos_turns(u_angle)).reshape(shape)
