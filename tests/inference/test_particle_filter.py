@@ -442,6 +442,24 @@ def test_no_degenerate_step_no_warning():
     assert np.isfinite(float(result.log_marginal))
 
 
+def test_single_observation():
+    """T = 1 (no moves): the estimate is the mean of N likelihoods at prior draws, within 4
+    of its standard errors (from the same weights) of p(y_0) by quadrature."""
+    model, y0 = StochasticVolatility(-1.0, 0.9, 0.3), 0.4
+    result = bs.filter(
+        model, jnp.array([y0]), engine=bs.ParticleFilter(4096), key=jax.random.key(12)
+    )
+    assert result.means.shape == (1, 1) and result.particles.shape == (4096,)
+    x = np.linspace(-8.0, 6.0, 20_001)
+    sd0 = 0.3 / np.sqrt(1 - 0.9**2)
+    density = scipy.stats.norm.pdf(x, -1.0, sd0) * scipy.stats.norm.pdf(y0, 0.0, np.exp(x / 2))
+    exact = np.log(np.trapezoid(density, x))
+    likelihoods = scipy.stats.norm.pdf(y0, 0.0, np.exp(np.asarray(result.particles) / 2))
+    se = likelihoods.std(ddof=1) / np.sqrt(likelihoods.size) / likelihoods.mean()
+    assert abs(float(result.log_marginal) - exact) < 4 * se
+    np.testing.assert_allclose(float(result.log_marginal), np.log(likelihoods.mean()), rtol=1e-12)
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
