@@ -24,3 +24,12 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 # A second guard against the same hang (jax-ml/jax#25861): run CPU programs synchronously.
 jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+# The longest tests (each notebook runs for one to two minutes) go first: under pytest-xdist the
+# workers then finish on short tests together, instead of one running the last notebook alone.
+_LONGEST_FIRST = ("tests/test_notebooks.py", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONGEST_FIRST))

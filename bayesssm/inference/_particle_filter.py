@@ -183,15 +183,18 @@ def mark_degenerate(degenerate: Int[Array, ""], alive, index) -> Int[Array, ""]:
     return jnp.where((degenerate < 0) & ~alive, (index + 1).astype(jnp.int32), degenerate)
 
 
-# Most numbers drawn at once for a block of steps (16 MiB in float64): drawn in bulk they
-# vectorise, where draws inside each step would not, and memory stays O(N) for large N.
-DRAWS_PER_BLOCK = 2**21
+# A block of steps draws its randomness at once: up to 32 steps and 2^16 numbers (512 KiB in
+# float64). Drawn in bulk the numbers vectorise, where draws inside each step would not; a few
+# dozen steps already amortise the block's own cost, and small blocks keep memory O(N) per run,
+# also under `vmap` over many runs.
+STEPS_PER_BLOCK = 32
+DRAWS_PER_BLOCK = 2**16
 
 
 def _blocks(num_steps: int, per_step: int) -> tuple[int, int]:
     """(number of blocks, steps per block) covering `num_steps` steps with the fewest padded
-    steps, each block's draws within DRAWS_PER_BLOCK."""
-    cap = max(1, DRAWS_PER_BLOCK // max(per_step, 1))
+    steps, each block within STEPS_PER_BLOCK steps and DRAWS_PER_BLOCK numbers."""
+    cap = max(1, min(STEPS_PER_BLOCK, DRAWS_PER_BLOCK // max(per_step, 1)))
     num_blocks = -(-num_steps // cap)
     return num_blocks, -(-num_steps // num_blocks)
 

@@ -90,9 +90,12 @@ def test_short_fit_approaches_the_exact_mle(short_data, method, num_steps, rtol)
     np.testing.assert_allclose(np.log(fitted.q.value()), log_q.mean(), rtol=1e-10)
 
 
+# Markov score climbing's averaged iterate is the noisier: over keys 0-5 its q scattered by
+# 2.3% (sd) around the MLE after 1000 steps, 1.2% after 2000 and 0.8% after 6000 (keys 0-3:
+# +1.77, +0.26, +0.04, +0.57%), so it runs 6000 steps; "mle" reaches 2% in 1000.
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["mle", "msc"])
-def test_long_fit_reaches_the_exact_mle(method):
+@pytest.mark.parametrize(("method", "num_steps"), [("mle", 1000), ("msc", 6000)])
+def test_long_fit_reaches_the_exact_mle(method, num_steps):
     y = simulate(300, seed=1)
     exact = exact_mle(y)
     fitted, _ = bs.fit_ppg(
@@ -100,7 +103,7 @@ def test_long_fit_reaches_the_exact_mle(method):
         y,
         where=lambda m: (m.q, m.r),
         key=jax.random.key(1),
-        num_steps=1000,
+        num_steps=num_steps,
         num_particles=40,
         method=method,
     )
