@@ -12,13 +12,20 @@ from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sampl
 from .fit.ppg import PPGHistory, fit_ppg
 from .impute import ImputeResult, impute
 from .inference import (
+    AbstractSigmaPointRule,
+    Cubature,
+    Extended,
     FilterResult,
     ForecastResult,
+    GaussHermite,
+    GaussianFilter,
+    IteratedSmoother,
     Kalman,
     ParticleFilter,
     ParticleFilterResult,
     ParticleSmootherResult,
     SmootherResult,
+    Unscented,
 )
 from .inference.paris import PaRISResult, paris
 from .inference.particle_gibbs import (
@@ -27,7 +34,14 @@ from .inference.particle_gibbs import (
     paris_particle_gibbs,
     particle_gibbs,
 )
-from .models import GPStateSpace, LinearGaussianSSM
+from .models import (
+    AffineDrift,
+    ContinuousDiscreteSSM,
+    GPStateSpace,
+    LinearContinuousDiscreteSSM,
+    LinearGaussianEmission,
+    LinearGaussianSSM,
+)
 from .params import (
     AbstractConstrained,
     Correlation,
@@ -39,6 +53,7 @@ from .params import (
     unwrap,
 )
 from .ssm import (
+    AbstractContinuousDiscreteSSM,
     AbstractLinearGaussianEmission,
     AbstractLinearGaussianSSM,
     AbstractSSM,
@@ -49,6 +64,18 @@ from .verbs import default_engine, filter, forecast, log_marginal, sample_poster
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AbstractContinuousDiscreteSSM",
+    "AffineDrift",
+    "ContinuousDiscreteSSM",
+    "LinearContinuousDiscreteSSM",
+    "LinearGaussianEmission",
+    "AbstractSigmaPointRule",
+    "Cubature",
+    "Extended",
+    "GaussHermite",
+    "GaussianFilter",
+    "IteratedSmoother",
+    "Unscented",
     "ImputeResult",
     "impute",
     "GPStateSpace",

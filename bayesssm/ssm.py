@@ -26,11 +26,15 @@ class StepInputs(NamedTuple):
         index: the step t (an integer scalar).
         control: the control input u_t, or None.
         dt: time to the next step, t_{t+1} - t_t, for models on irregular times; None otherwise.
+        time: the step's own time t_t (for data given as a `bs.TimeSeries`), for models whose
+            dynamics depend on absolute time (an SDE's drift f(x, t)); None otherwise (plain
+            arrays: a model that needs a time then uses its own convention, e.g. t_t = t).
     """
 
     index: Int[Array, ""]
     control: Float[Array, " U"] | None = None
     dt: Float[Array, ""] | None = None
+    time: Float[Array, ""] | None = None
 
 
 class AbstractSSM(eqx.Module):
@@ -93,9 +97,10 @@ def step_inputs(
     num_timesteps: int,
     controls: Float[Array, "T U"] | None = None,
     dts: Float[Array, " T"] | None = None,
+    times: Float[Array, " T"] | None = None,
 ) -> StepInputs:
     """`StepInputs` for every step, stacked along a leading T axis."""
-    return StepInputs(index=jnp.arange(num_timesteps), control=controls, dt=dts)
+    return StepInputs(index=jnp.arange(num_timesteps), control=controls, dt=dts, time=times)
 
 
 class AbstractLinearGaussianEmission(AbstractSSM):
@@ -167,6 +172,30 @@ class AbstractLinearGaussianSSM(AbstractLinearGaussianEmission):
     def transition(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
         A, b, chol_Q = self.transition_params(_or_first(inputs))
         return distrax.MultivariateNormalTri(A @ x + b, chol_Q)
+
+
+class AbstractContinuousDiscreteSSM(AbstractSSM):
+    r"""Capability: a latent SDE $dx = f(x, t)\,dt + L(x, t)\,dW$ observed at discrete times.
+
+    The transition of step t is the SDE's law over the gap `inputs.dt` to the next observation.
+    Gaussian approximate engines propagate its mean and covariance over the gap (moment ODEs);
+    particle engines sample it. `drift` returns (D,), `diffusion` returns (D, D) (W has D
+    independent components; pad with zero columns for fewer noise sources).
+
+    Optional hooks the Gaussian engines use when a model has them (`bs.ContinuousDiscreteSSM`
+    does; see `bayesssm.inference._sde_moments`): `gap(inputs) -> (t_k, dt_k)` (default:
+    `inputs.time`, else the index; `inputs.dt`, else 1), `ode_settings() -> (solver, rtol,
+    atol, max_steps)` and `exact_transition(inputs) -> (A, b, chol Q)` or None (a linear SDE's
+    exact discretisation, used whatever the linearization rule).
+    """
+
+    @abc.abstractmethod
+    def drift(self, x: Float[Array, " D"], t: Float[Array, ""]) -> Float[Array, " D"]:
+        """f(x, t)."""
+
+    @abc.abstractmethod
+    def diffusion(self, x: Float[Array, " D"], t: Float[Array, ""]) -> Float[Array, "D D"]:
+        """L(x, t)."""
 
 
 def _or_first(inputs: StepInputs | None) -> StepInputs:

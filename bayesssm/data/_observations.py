@@ -83,18 +83,21 @@ def observations(y, inputs=None, extra_steps: int = 0, dtype=None) -> Observatio
     """`Observations` from checked y (T, M) and inputs; runs inside jit.
 
     `extra_steps` appends that many unobserved steps (for forecasting). A `TimeSeries` gives its
-    values and, as each step's `dt`, the time to the next step (0 after the last).
+    values, as each step's `dt` the time to the next step (0 after the last), and as each step's
+    `time` its own time. For a plain array both stay None: models choose (most take steps one
+    time unit apart, t_t = t).
     """
-    dts = None
+    dts = times = None
     if isinstance(y, TimeSeries):  # checked: no extra steps
         times, y = y.times, jnp.asarray(y.values, dtype)
-        dts = jnp.concatenate([jnp.diff(jnp.asarray(times, y.dtype)), jnp.zeros((1,), y.dtype)])
+        times = jnp.asarray(times, y.dtype)
+        dts = jnp.concatenate([jnp.diff(times), jnp.zeros((1,), y.dtype)])
     y = jnp.asarray(y, dtype)
     if extra_steps:
         y = jnp.concatenate([y, jnp.full((extra_steps, y.shape[1]), jnp.nan, y.dtype)])
     observed = ~jnp.isnan(y)
     controls = None if inputs is None else jnp.asarray(inputs, y.dtype)
-    steps = step_inputs(y.shape[0], controls, dts)
+    steps = step_inputs(y.shape[0], controls, dts, times)
     return Observations(jnp.where(observed, y, 0.0), observed, steps)
 
 

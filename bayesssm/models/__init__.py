@@ -1,5 +1,12 @@
 """Model families. Models only describe; they never run inference."""
 
+from .continuous_discrete import (
+    AffineDrift,
+    ContinuousDiscreteSSM,
+    EulerMaruyama,
+    LinearContinuousDiscreteSSM,
+    LinearGaussianEmission,
+)
 from .gp import GPStateSpace
 from .growth import NonlinearGrowth
 from .linear_gaussian import LinearGaussianSSM
@@ -7,7 +14,12 @@ from .poisson_ar import PoissonAR1
 from .stochastic_volatility import StochasticVolatility
 
 __all__ = [
+    "AffineDrift",
+    "ContinuousDiscreteSSM",
+    "EulerMaruyama",
     "GPStateSpace",
+    "LinearContinuousDiscreteSSM",
+    "LinearGaussianEmission",
     "LinearGaussianSSM",
     "NonlinearGrowth",
     "PoissonAR1",
