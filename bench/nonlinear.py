@@ -14,7 +14,8 @@ T = 1e4 (T = 1e3 with --quick).
 - dynamax 1.0.3: `extended_kalman_filter`, `extended_kalman_smoother`,
   `unscented_kalman_filter`, `unscented_kalman_smoother` (covariance form) on a
   `ParamsNLGSSM` with the same functions, jitted. The UKF runs with the same sigma-point
-  parameters as ours (alpha = 1, beta = 0, kappa = 3 - D... see `UKF` below).
+  parameters as ours (`bs.Unscented()`'s defaults alpha = 1, beta = 0, kappa = max(3 - D, 0),
+  which is 0 for D >= 3).
 
 Equal accuracy: for each pair the script prints the largest difference between the two
 libraries' filtered (or smoothed) means, relative to the state's scale, and the log-likelihoods
@@ -211,8 +212,8 @@ def dynamax_variants(y: np.ndarray) -> list[Variant]:
         emission_covariance=OBSERVATION_SD**2 * eye,
     )
     data = jnp.asarray(y)
-    # ours: alpha = 1, beta = 0, kappa = 0 (bs.Unscented's defaults; see docs/gaussian_filters.md)
-    hyper = UKFHyperParams(alpha=1.0, beta=0, kappa=0)
+    # bs.Unscented()'s defaults: alpha = 1, beta = 0, kappa = max(3 - D, 0)
+    hyper = UKFHyperParams(alpha=1.0, beta=0, kappa=max(3 - dim, 0))
     ekf = jax.jit(lambda y: extended_kalman_filter(params, y))
     eks = jax.jit(lambda y: extended_kalman_smoother(params, y))
     ukf = jax.jit(lambda y: unscented_kalman_filter(params, y, hyper))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import distrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import numpy as np
 
 from .._checks import is_concrete
 from .._types import Array, ArrayLike, Float
+from ..inference._square_root import tria
 from ..kernels import AbstractKernel, Sum
 from ..kernels._checks import positive
 from ..kernels._linalg import block_diag
@@ -98,6 +100,14 @@ class GPStateSpace(AbstractLinearGaussianSSM):
         # the kernels' factors handle that without an eigendecomposition per step.
         A, chol_Q = self._state_kernel.discretise_factors(dt)
         return A, jnp.zeros(A.shape[0], A.dtype), chol_Q
+
+    def transition(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
+        # The kernels' factors are lower triangular only up to a permutation of their rows, and
+        # distrax.MultivariateNormalTri reads only the lower triangle: re-triangularise (under a
+        # vmap over particles this stays one QR a step, since the factor is not batched).
+        inputs = StepInputs(index=jnp.asarray(0)) if inputs is None else inputs
+        A, b, chol_Q = self.transition_params(inputs)
+        return distrax.MultivariateNormalTri(A @ x + b, tria(chol_Q))
 
     def transition_covariance_params(self, inputs: StepInputs):
         dt = 1.0 if inputs.dt is None else inputs.dt

@@ -188,3 +188,14 @@ def test_gradient_is_finite_for_periodic_kernels(kernel):
         [(ll(point + step * e) - ll(point - step * e)) / (2 * step) for e in np.eye(5)]
     )
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_generic_transition_has_the_discretised_covariance():
+    # particle engines use the generic distribution; its covariance must be Q of the SDE step
+    gp = bs.GPStateSpace(bs.kernels.Matern52(variance=1.3, lengthscale=0.7), noise_variance=0.1)
+    step = bs.StepInputs(index=jnp.asarray(3), dt=jnp.asarray(0.3))
+    A, _, Q = gp.transition_covariance_params(step)
+    x = jnp.asarray([0.2, -0.4, 1.1])
+    dist = gp.transition(x, step)
+    np.testing.assert_allclose(dist.covariance(), Q, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dist.mean(), A @ x, rtol=1e-12)
