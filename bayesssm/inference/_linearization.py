@@ -46,9 +46,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 
 from .._checks import is_concrete
-from .._matmul import symmetrise
+from .._matmul import matmul, matvec, symmetrise
 from .._types import Array, Float
 from ..kernels._linalg import semidefinite_cholesky
 from ..ssm import AbstractContinuousDiscreteSSM, StepInputs
@@ -257,7 +258,7 @@ def linearize(
             return mu, (mu, noise)
 
         matrix, (mu, noise) = jax.jacfwd(mean_and_aux, has_aux=True)(mean)
-        return Affine(matrix, mu - matrix @ mean, noise)
+        return Affine(matrix, mu - matvec(matrix, mean), noise)
     if isinstance(rule, AbstractSigmaPointRule):
         return _statistical_linear_regression(rule, moments, mean, chol)
     check_rule(rule, "linearize")  # raises
@@ -268,33 +269,95 @@ def _all_non_negative(*weights) -> bool:
     return all(is_concrete(w) and bool(np.all(np.asarray(w) >= 0)) for w in weights)
 
 
+class SigmaPoints(NamedTuple):
+    r"""A conditional distribution's moments evaluated at the sigma points of $N(m, L L^\top)$.
+
+    `noise` is the shared factor (K, K) when the conditional covariance does not depend on x
+    (`shared_noise`, decided when tracing), else one factor per point (n, K, K)."""
+
+    eps: Float[Array, "n D"]
+    mean_weights: Float[Array, " n"]
+    cov_weights: Float[Array, " n"]
+    mean: Float[Array, " K"]  # E[mu(x)]
+    deviations: Float[Array, "n K"]  # mu(x_i) - E[mu(x)]
+    noise: Array
+    shared_noise: bool
+
+    def noise_columns(self) -> Float[Array, "K k"]:
+        """A factor of E[Sigma(x)] (not triangular): the shared factor, or the weighted
+        per-point factors side by side."""
+        if self.shared_noise:
+            return self.noise
+        K = self.mean.shape[0]
+        weighted = jnp.sqrt(self.mean_weights)[:, None, None] * self.noise
+        return jnp.transpose(weighted, (1, 0, 2)).reshape(K, -1)
+
+    def weighted_deviations(self) -> Float[Array, "K n"]:
+        """Columns sqrt(w^c_i) (mu(x_i) - E[mu]): a factor of Cov[mu(x)]."""
+        return (jnp.sqrt(self.cov_weights)[:, None] * self.deviations).T
+
+
+def sigma_points(rule, moments, mean: Float[Array, " D"], chol: Float[Array, "D D"]) -> SigmaPoints:
+    """Evaluate `moments` at the rule's sigma points of N(mean, chol chol^T)."""
+    eps, wm, wc = (jnp.asarray(a, mean.dtype) for a in rule.unit_points(mean.shape[0], mean.dtype))
+    points = mean + matmul(eps, chol.T)  # (n, D)
+    try:  # a covariance that does not depend on x is kept once (ValueError: it does)
+        mus, noise = jax.vmap(moments, out_axes=(0, None))(points)
+        shared = True
+    except ValueError:
+        mus, noise = jax.vmap(moments)(points)
+        shared = False
+    mu_bar = matvec(mus.T, wm)
+    return SigmaPoints(eps, wm, wc, mu_bar, mus - mu_bar, noise, shared)
+
+
+def sigma_points_are_factors(rule, dim: int, dtype) -> bool:
+    """Whether the rule's weights are all non-negative (known when tracing), so that weighted
+    deviations are factors of the covariances they sum to."""
+    _, wm, wc = rule.unit_points(dim, dtype)
+    return _all_non_negative(wm, wc)
+
+
+def _right_divide_by_factor(G: Float[Array, "K D"], chol: Float[Array, "D D"]) -> Array:
+    """G chol^+: a triangular solve when chol is lower triangular with pivots clear of zero
+    (the usual case), the pseudo-inverse (an SVD) otherwise (a singular covariance)."""
+    D = chol.shape[0]
+    pivots = jnp.abs(jnp.diagonal(chol))
+    tol = 10 * D * jnp.finfo(chol.dtype).eps * jnp.max(pivots)
+    regular = (jnp.min(pivots) > tol) & jnp.all(jnp.triu(chol, 1) == 0)
+    safe = jnp.where(regular, chol, jnp.eye(D, dtype=chol.dtype))
+    return jax.lax.cond(
+        regular,
+        lambda: solve_triangular(safe, G.T, lower=True, trans="T").T,
+        lambda: G @ jnp.linalg.pinv(chol),
+    )
+
+
 def _statistical_linear_regression(rule, moments, mean, chol) -> Affine:
-    dim = mean.shape[0]
-    eps, wm, wc = (jnp.asarray(a, mean.dtype) for a in rule.unit_points(dim, mean.dtype))
-    points = mean + eps @ chol.T  # (n, D)
-    mus, noises = jax.vmap(moments)(points)  # (n, K), (n, K, K)
-    mu_bar = wm @ mus
-    deviations = mus - mu_bar
-    G = (wc[:, None] * deviations).T @ eps  # Cov[mu, x] = G L^T
-    matrix = G @ jnp.linalg.pinv(chol)
-    spread = matrix @ chol  # = G on the range of L
-    residuals = deviations - eps @ spread.T  # mu(x_i) - E[mu] - A (x_i - m)
+    return slr_affine(sigma_points(rule, moments, mean, chol), mean, chol)
+
+
+def slr_affine(sp: SigmaPoints, mean: Float[Array, " D"], chol: Float[Array, "D D"]) -> Affine:
+    """The statistical linear regression of the sigma-point moments `sp` (taken at N(mean,
+    chol chol^T))."""
+    G = matmul(sp.deviations.T, sp.cov_weights[:, None] * sp.eps)  # Cov[mu, x] = G L^T
+    matrix = _right_divide_by_factor(G, chol)
+    spread = matmul(matrix, chol)  # = G on the range of L
+    residuals = sp.deviations - matmul(sp.eps, spread.T)  # mu(x_i) - E[mu] - A (x_i - m)
+    wm, wc = sp.mean_weights, sp.cov_weights
     if _all_non_negative(wm, wc):
-        K = mu_bar.shape[0]
-        weighted_noise = jnp.sqrt(wm)[:, None, None] * noises  # (n, K, K)
         columns = jnp.concatenate(
-            [
-                (jnp.sqrt(wc)[:, None] * residuals).T,
-                jnp.transpose(weighted_noise, (1, 0, 2)).reshape(K, -1),
-            ],
-            axis=1,
+            [(jnp.sqrt(wc)[:, None] * residuals).T, sp.noise_columns()], axis=1
         )
         noise = tria(columns)
     else:
         cov = residuals.T @ (wc[:, None] * residuals)
-        cov = cov + jnp.einsum("n,nij,nkj->ik", wm, noises, noises)
+        if sp.shared_noise:
+            cov = cov + sp.noise @ sp.noise.T
+        else:
+            cov = cov + jnp.einsum("n,nij,nkj->ik", wm, sp.noise, sp.noise)
         noise = tria(semidefinite_cholesky(symmetrise(cov)))
-    return Affine(matrix, mu_bar - matrix @ mean, noise)
+    return Affine(matrix, sp.mean - matvec(matrix, mean), noise)
 
 
 def state_shape(model, step: StepInputs) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from .._matmul import matmul, matvec
 from .._types import Array, Bool, Float
 
 _LOG_2PI = float(jnp.log(2 * jnp.pi))
@@ -72,7 +73,7 @@ def predict(
     chol_Q: Float[Array, "D D"],
 ) -> tuple[Float[Array, " D"], Float[Array, "D D"]]:
     """Moments of A x + b + w for x ~ N(mean, chol chol^T), w ~ N(0, chol_Q chol_Q^T)."""
-    return A @ mean + b, tria(jnp.concatenate([A @ chol, chol_Q], axis=1))
+    return matvec(A, mean) + b, tria(jnp.concatenate([matmul(A, chol), chol_Q], axis=1))
 
 
 class Update(NamedTuple):
@@ -108,7 +109,7 @@ def update_factors(
     M, D = H.shape
     weight = observed.astype(chol.dtype)
     noise = jnp.concatenate([chol_R * weight[:, None], jnp.diag(1.0 - weight)], axis=1)
-    top = jnp.concatenate([noise, (H * weight[:, None]) @ chol], axis=1)
+    top = jnp.concatenate([noise, matmul(H * weight[:, None], chol)], axis=1)
     bottom = jnp.concatenate([jnp.zeros((D, 2 * M), chol.dtype), chol], axis=1)
     joint = tria(jnp.concatenate([top, bottom], axis=0))
     return UpdateFactors(joint[M:, M:], joint[:M, :M], joint[M:, :M])
@@ -139,11 +140,11 @@ def update(
     """Square-root Kalman update on the observed entries of y (entries where `observed` is
     False are ignored)."""
     factors = update_factors(chol, H, chol_R, observed)
-    residual = jnp.where(observed, y - H @ mean - d, 0.0)
+    residual = jnp.where(observed, y - matvec(H, mean) - d, 0.0)
     z = solve_lower(factors.chol_S, residual)
     log_likelihood = innovation_log_likelihood(z, log_abs_det(factors.chol_S), observed)
     return Update(
-        mean + factors.gain_factor @ z,
+        mean + matvec(factors.gain_factor, z),
         factors.chol,
         factors.chol_S,
         factors.gain_factor,
@@ -168,7 +169,7 @@ def backward_factors(
     joint = tria(
         jnp.concatenate(
             [
-                jnp.concatenate([A @ chol, chol_Q], axis=1),
+                jnp.concatenate([matmul(A, chol), chol_Q], axis=1),
                 jnp.concatenate([chol, jnp.zeros_like(chol)], axis=1),
             ],
             axis=0,
@@ -188,4 +189,4 @@ def backward_kernel(
 ) -> BackwardKernel:
     """The Rauch-Tung-Striebel conditional of x_t given x_{t+1}, from the filter at t."""
     gain, chol_cond = backward_factors(chol, A, chol_Q)
-    return BackwardKernel(gain, mean - gain @ (A @ mean + b), chol_cond)
+    return BackwardKernel(gain, mean - matvec(gain, matvec(A, mean) + b), chol_cond)

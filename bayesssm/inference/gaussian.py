@@ -19,16 +19,29 @@ import numpy as np
 
 from .._types import Array, Float, Key
 from ..data import Observations
-from ..ssm import AbstractLinearGaussianSSM, AbstractSSM, StepInputs, require_capability
+from ..ssm import (
+    AbstractContinuousDiscreteSSM,
+    AbstractLinearGaussianSSM,
+    AbstractSSM,
+    StepInputs,
+    require_capability,
+)
 from ._gaussian_moments import UnsupportedDistributionError, distribution_moments
 from ._kalman_sequential import sample_sequential, smooth_sequential
 from ._linearization import (
+    AbstractSigmaPointRule,
     Affine,
     Extended,
     check_rule,
+    conditional_moments,
     linearize_emission,
     linearize_transition,
+    sigma_points,
+    sigma_points_are_factors,
+    slr_affine,
+    state_shape,
 )
+from ._sigma_point_filter import sigma_predict, sigma_update
 from ._square_root import backward_kernel, predict, tria, update
 from .kalman import Kalman
 from .results import FilterResult, ForecastResult, SmootherResult
@@ -52,17 +65,49 @@ def _observed_emission(affine: Affine, observed) -> Affine:
     )
 
 
-def _check_emission_size(affine: Affine, data: Observations, model) -> None:
-    size, obs_dim = affine.offset.shape[0], data.values.shape[1]
+def _check_emission_size(offset: Array, data: Observations, model) -> None:
+    size, obs_dim = offset.shape[0], data.values.shape[1]
     if size != obs_dim:
         raise ValueError(
             f"{type(model).__name__}'s emission has {size} entries but y has {obs_dim} columns."
         )
 
 
+# Models (by structure: pytree definition, array shapes and dtypes, other leaves) whose
+# distributions have passed `_probe`. Probing traces the model's methods, which costs far more
+# than a compiled filter run on a short series, so each structure is probed once.
+_PROBED: dict = {}
+_PROBED_MAX = 256
+
+
+def _leaf_signature(leaf):
+    if eqx.is_array(leaf):
+        return ("array", tuple(leaf.shape), str(leaf.dtype))
+    try:
+        hash(leaf)
+    except TypeError:
+        return ("object", id(leaf))
+    return leaf
+
+
 def _probe(model, rule) -> None:
     """Raise UnsupportedDistributionError now (before tracing) if the model's distributions
     have no moments; anything else (a model that needs inputs, say) is left for the run."""
+    leaves, treedef = jax.tree.flatten((model, rule))
+    signature = (treedef, tuple(_leaf_signature(leaf) for leaf in leaves))
+    try:
+        if signature in _PROBED:
+            return
+    except TypeError:  # unhashable static fields: probe every time
+        _probe_now(model, rule)
+        return
+    _probe_now(model, rule)
+    if len(_PROBED) >= _PROBED_MAX:
+        _PROBED.clear()
+    _PROBED[signature] = True
+
+
+def _probe_now(model, rule) -> None:
     step = StepInputs(index=jnp.asarray(0))
 
     def run():
@@ -90,9 +135,21 @@ def _filter_pass(rule, model, data: Observations) -> _Pass:
     first = data.step(0)
     m0, chol0 = _initial_moments(model, first, dtype)
 
+    # Sigma-point rules with non-negative weights predict and update from the sigma points
+    # directly (one QR each, `_sigma_point_filter`); the transition's regression is still
+    # formed for the smoother (and dropped by XLA when only the filter is asked for).
+    direct = isinstance(rule, AbstractSigmaPointRule) and sigma_points_are_factors(
+        rule, m0.shape[0], dtype
+    )
+    shape = state_shape(model, first)
+
     def observe(mean, chol, step, y, observed):
+        if direct:
+            sp = sigma_points(rule, conditional_moments(model.emission, shape, step), mean, chol)
+            _check_emission_size(sp.mean, data, model)
+            return sigma_update(sp, mean, chol, y, observed)
         emission = linearize_emission(rule, model, mean, chol, step)
-        _check_emission_size(emission, data, model)
+        _check_emission_size(emission.offset, data, model)
         return update(mean, chol, *_observed_emission(emission, observed), y, observed)
 
     up0 = observe(m0, chol0, first, data.values[0], data.observed[0])
@@ -100,8 +157,14 @@ def _filter_pass(rule, model, data: Observations) -> _Pass:
     def step(carry, args):
         mean, chol = carry
         prev, here, y, observed = args
-        transition = linearize_transition(rule, model, mean, chol, prev)
-        mean_pred, chol_pred = predict(mean, chol, *transition)
+        if direct and not isinstance(model, AbstractContinuousDiscreteSSM):
+            moments = conditional_moments(model.transition, shape, prev)
+            sp = sigma_points(rule, moments, mean, chol)
+            transition = slr_affine(sp, mean, chol)
+            mean_pred, chol_pred = sigma_predict(sp)
+        else:
+            transition = linearize_transition(rule, model, mean, chol, prev)
+            mean_pred, chol_pred = predict(mean, chol, *transition)
         up = observe(mean_pred, chol_pred, here, y, observed)
         out = (up.mean, up.chol, up.log_likelihood, mean_pred, chol_pred, transition)
         return (up.mean, up.chol), out
@@ -264,7 +327,7 @@ def _linearize_all(rule, model, data: Observations, m0, chol0, means, chols) -> 
     def one(mean, chol, step, observed):
         A, b, chol_Q = linearize_transition(rule, model, mean, chol, step)
         emission = linearize_emission(rule, model, mean, chol, step)
-        _check_emission_size(emission, data, model)
+        _check_emission_size(emission.offset, data, model)
         H, d, chol_R = _observed_emission(emission, observed)
         return A, b, chol_Q, H, d, chol_R
 
