@@ -182,11 +182,9 @@ class AbstractContinuousDiscreteSSM(AbstractSSM):
     particle engines sample it. `drift` returns (D,), `diffusion` returns (D, D) (W has D
     independent components; pad with zero columns for fewer noise sources).
 
-    Optional hooks the Gaussian engines use when a model has them (`bs.ContinuousDiscreteSSM`
-    does; see `bayesssm.inference._sde_moments`): `gap(inputs) -> (t_k, dt_k)` (default:
-    `inputs.time`, else the index; `inputs.dt`, else 1), `ode_settings() -> (solver, rtol,
-    atol, max_steps)` and `exact_transition(inputs) -> (A, b, chol Q)` or None (a linear SDE's
-    exact discretisation, used whatever the linearization rule).
+    Three more methods have defaults that a model may override (`bs.ContinuousDiscreteSSM`
+    does; the Gaussian engines use them, see `bayesssm.inference._sde_moments`): `gap`,
+    `ode_settings` and `exact_transition`.
     """
 
     @abc.abstractmethod
@@ -196,6 +194,29 @@ class AbstractContinuousDiscreteSSM(AbstractSSM):
     @abc.abstractmethod
     def diffusion(self, x: Float[Array, " D"], t: Float[Array, ""]) -> Float[Array, "D D"]:
         """L(x, t)."""
+
+    def gap(self, inputs: StepInputs | None) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        """(t_k, dt_k): the start time and the length of step k's gap. Default: `inputs.time`
+        (else the step index) and `inputs.dt` (else 1)."""
+        inputs = _or_first(inputs)
+        t0 = inputs.index if inputs.time is None else inputs.time
+        dt = 1.0 if inputs.dt is None else inputs.dt
+        return jnp.asarray(t0), jnp.asarray(dt)
+
+    def ode_settings(self) -> tuple:
+        """(diffrax solver, rtol, atol, max_steps) for the moment ODEs over a gap. Default:
+        Tsit5, 1e-6, 1e-9, 4096 (the engines raise the tolerances to at least 100 eps of the
+        dtype)."""
+        import diffrax
+
+        return diffrax.Tsit5(), 1e-6, 1e-9, 4096
+
+    def exact_transition(
+        self, inputs: StepInputs | None
+    ) -> tuple[Float[Array, "D D"], Float[Array, " D"], Float[Array, "D D"]] | None:
+        """(A, b, chol Q) of the exact transition over the gap, when the model has one (a
+        linear SDE); None (the default) makes Gaussian engines solve the moment ODEs."""
+        return None
 
 
 def _or_first(inputs: StepInputs | None) -> StepInputs:

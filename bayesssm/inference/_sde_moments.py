@@ -60,11 +60,10 @@ def linearize_sde_transition(
             `unit_points(dim, dtype) -> (eps (n, D), mean_weights (n,), cov_weights (n,))`
             (unit points of zero mean and identity covariance; sigma points are
             $m + S \epsilon_i$).
-        model: an `AbstractContinuousDiscreteSSM`. Optional hooks it may give (a
-            `bs.ContinuousDiscreteSSM` does): `gap(step) -> (t0, dt)` (default: `step.time`,
-            else `step.index`; `step.dt`, else 1), `ode_settings() -> (solver, rtol, atol,
-            max_steps)` (default Tsit5, 1e-6, 1e-9, 4096), `exact_transition(step) ->
-            (A, b, chol_Q) | None` (used when not None, whatever the rule).
+        model: an `AbstractContinuousDiscreteSSM`: its `gap(step) -> (t0, dt)`,
+            `ode_settings() -> (solver, rtol, atol, max_steps)` and
+            `exact_transition(step) -> (A, b, chol_Q) | None` (used when not None, whatever
+            the rule).
         mean: (D,) the mean at the start of the gap.
         chol: (D, D) a square root of the covariance at the start (singular allowed).
         step: the `StepInputs` of the step the transition moves from.
@@ -72,12 +71,10 @@ def linearize_sde_transition(
     Returns:
         A (D, D), b (D,) and a lower-triangular chol_Q (D, D), in the dtype of `mean`.
     """
-    exact = getattr(model, "exact_transition", None)
-    if exact is not None:
-        params = exact(step)
-        if params is not None:
-            return params
-    t0, dt = _gap(model, step, mean.dtype)
+    params = model.exact_transition(step)
+    if params is not None:
+        return params
+    t0, dt = (jnp.asarray(a, mean.dtype) for a in model.gap(step))
     unit_points = getattr(rule, "unit_points", None)
     if unit_points is None:
         field = _extended_field(model)
@@ -151,19 +148,8 @@ def _sigma_point_field(model, chol0, eps, wm, wc):
     return field
 
 
-def _gap(model, step: StepInputs, dtype):
-    gap = getattr(model, "gap", None)
-    if gap is not None:
-        t0, dt = gap(step)
-    else:
-        t0 = step.index if step.time is None else step.time
-        dt = 1.0 if step.dt is None else step.dt
-    return jnp.asarray(t0, dtype), jnp.asarray(dt, dtype)
-
-
 def _settings(model, dtype):
-    settings = getattr(model, "ode_settings", None)
-    if settings is not None:
-        return settings()
+    """The model's ODE settings, tolerances raised to at least 100 eps of the dtype."""
+    solver, rtol, atol, max_steps = model.ode_settings()
     floor = 100 * float(jnp.finfo(dtype).eps)
-    return diffrax.Tsit5(), max(1e-6, floor), max(1e-9, floor), 4096
+    return solver, max(rtol, floor), max(atol, floor), max_steps
