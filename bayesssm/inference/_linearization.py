@@ -299,7 +299,7 @@ class SigmaPoints(NamedTuple):
 
 def sigma_points(rule, moments, mean: Float[Array, " D"], chol: Float[Array, "D D"]) -> SigmaPoints:
     """Evaluate `moments` at the rule's sigma points of N(mean, chol chol^T)."""
-    eps, wm, wc = (jnp.asarray(a, mean.dtype) for a in rule.unit_points(mean.shape[0], mean.dtype))
+    eps, wm, wc = _unit_points(rule, mean.shape[0], mean.dtype)
     points = mean + matmul(eps, chol.T)  # (n, D)
     try:  # a covariance that does not depend on x is kept once (ValueError: it does)
         mus, noise = jax.vmap(moments, out_axes=(0, None))(points)
@@ -311,10 +311,17 @@ def sigma_points(rule, moments, mean: Float[Array, " D"], chol: Float[Array, "D 
     return SigmaPoints(eps, wm, wc, mu_bar, mus - mu_bar, noise, shared)
 
 
+def _unit_points(rule, dim: int, dtype) -> tuple[Array, Array, Array]:
+    """The rule's unit points and weights as concrete arrays, also under `jit` (where they would
+    otherwise be staged out as tracers, and their signs unknown)."""
+    with jax.ensure_compile_time_eval():
+        return tuple(jnp.asarray(a, dtype) for a in rule.unit_points(dim, dtype))
+
+
 def sigma_points_are_factors(rule, dim: int, dtype) -> bool:
     """Whether the rule's weights are all non-negative (known when tracing), so that weighted
     deviations are factors of the covariances they sum to."""
-    _, wm, wc = rule.unit_points(dim, dtype)
+    _, wm, wc = _unit_points(rule, dim, dtype)
     return _all_non_negative(wm, wc)
 
 

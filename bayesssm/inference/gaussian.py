@@ -124,13 +124,14 @@ def _probe_now(model, rule) -> None:
 
 
 class _Pass(NamedTuple):
-    """A Gaussian filter pass and the transitions it linearized (T - 1 of them)."""
+    """A Gaussian filter pass and the transitions it linearized (T - 1 of them; None when
+    not kept)."""
 
     filtered: FilterResult
-    transitions: Affine
+    transitions: Affine | None
 
 
-def _filter_pass(rule, model, data: Observations) -> _Pass:
+def _filter_pass(rule, model, data: Observations, keep_transitions: bool = True) -> _Pass:
     dtype = data.values.dtype
     first = data.step(0)
     m0, chol0 = _initial_moments(model, first, dtype)
@@ -160,27 +161,27 @@ def _filter_pass(rule, model, data: Observations) -> _Pass:
         if direct and not isinstance(model, AbstractContinuousDiscreteSSM):
             moments = conditional_moments(model.transition, shape, prev)
             sp = sigma_points(rule, moments, mean, chol)
-            transition = slr_affine(sp, mean, chol)
+            # XLA does not drop unused stacked outputs of a loop: form it only when kept
+            transition = slr_affine(sp, mean, chol) if keep_transitions else None
             mean_pred, chol_pred = sigma_predict(sp)
         else:
             transition = linearize_transition(rule, model, mean, chol, prev)
             mean_pred, chol_pred = predict(mean, chol, *transition)
         up = observe(mean_pred, chol_pred, here, y, observed)
-        out = (up.mean, up.chol, up.log_likelihood, mean_pred, chol_pred, transition)
-        return (up.mean, up.chol), out
+        out = (up.mean, up.chol, up.log_likelihood, mean_pred, chol_pred)
+        return (up.mean, up.chol), (out, transition if keep_transitions else None)
 
     prev = jax.tree.map(lambda a: a[:-1], data.steps)
     here = jax.tree.map(lambda a: a[1:], data.steps)
-    _, rest = jax.lax.scan(
+    _, (rest, transitions) = jax.lax.scan(
         step, (up0.mean, up0.chol), (prev, here, data.values[1:], data.observed[1:])
     )
-    *rest, transitions = rest
     head = (up0.mean, up0.chol, up0.log_likelihood, m0, chol0)
     means, chols, lls, pred_means, pred_chols = (
         jnp.concatenate([h[None], r]) for h, r in zip(head, rest, strict=True)
     )
     filtered = FilterResult(means, _gram(chols), chols, jnp.sum(lls), lls, pred_means, pred_chols)
-    return _Pass(filtered, Affine(*transitions))
+    return _Pass(filtered, None if transitions is None else Affine(*transitions))
 
 
 def _kernels(filtered: FilterResult, transitions: Affine):
@@ -265,7 +266,7 @@ class GaussianFilter(eqx.Module):
         return _filter_pass(self.linearization, model, data)
 
     def filter(self, model, data: Observations, key: Key | None = None) -> FilterResult:
-        return self._pass(model, data).filtered
+        return _filter_pass(self.linearization, model, data, keep_transitions=False).filtered
 
     def smooth(self, model, data: Observations, key: Key | None = None) -> SmootherResult:
         run = self._pass(model, data)
