@@ -5,11 +5,12 @@ model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
 smoothed = bs.smooth(model, y)
 """
 
-from . import diagnostics, distributions, fit, inference, kernels, models, numpyro, params
+from . import datasets, diagnostics, distributions, fit, inference, kernels, models, numpyro, params
 from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts, sample_pmmh
 from .fit.ppg import PPGHistory, fit_ppg
+from .fit.train import TrainHistory, train
 from .impute import ImputeResult, impute
 from .inference import (
     AbstractSigmaPointRule,
@@ -35,6 +36,7 @@ from .inference.particle_gibbs import (
     particle_gibbs,
 )
 from .models import (
+    NCDSSM,
     AffineDrift,
     ContinuousDiscreteSSM,
     GPStateSpace,
@@ -69,6 +71,10 @@ __all__ = [
     "ContinuousDiscreteSSM",
     "LinearContinuousDiscreteSSM",
     "LinearGaussianEmission",
+    "NCDSSM",
+    "TrainHistory",
+    "datasets",
+    "train",
     "AbstractSigmaPointRule",
     "Cubature",
     "Extended",

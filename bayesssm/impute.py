@@ -42,7 +42,10 @@ def impute(model, y, *, at, engine=None, quantiles=None) -> ImputeResult:
     entries and beyond either end (forecasting and backcasting) are all answered at once.
 
     Args:
-        model: a linear-Gaussian model (`bs.GPStateSpace`, `bs.LinearGaussianSSM`, ...).
+        model: a linear-Gaussian model (`bs.GPStateSpace`, `bs.LinearGaussianSSM`, ...), or a
+            model with a `posterior_predictive(series, rows, *, engine)` method returning the
+            mean, the variance of y and the variance of the signal at the rows `rows` of a
+            series (`bs.NCDSSM`: its decoder's moments under the smoothed latent).
         y: a `bs.TimeSeries`, or an array (T, M) whose steps are taken as times 0, 1, ..., T-1
             (then `at` must hold whole step numbers).
         at: query times (Q,), in the series' time axis; datetimes for a series built from a
@@ -53,13 +56,20 @@ def impute(model, y, *, at, engine=None, quantiles=None) -> ImputeResult:
     Returns:
         An `ImputeResult`.
     """
-    require_capability(model, AbstractLinearGaussianSSM, "bs.impute")
+    own_predictive = not isinstance(model, AbstractLinearGaussianSSM) and callable(
+        getattr(model, "posterior_predictive", None)
+    )
+    if not own_predictive:
+        require_capability(model, AbstractLinearGaussianSSM, "bs.impute")
     series = y if isinstance(y, TimeSeries) else TimeSeries(np.arange(np.shape(y)[0]), y)
     query = _query_times(series, at, plain=not isinstance(y, TimeSeries))
     levels = None if quantiles is None else _levels(quantiles)
     merged, rows = _merge(series, query)
-    engine, raw = _setup(model, merged, engine, None, None)
-    mean, var, latent_var = _predict(engine, model, raw, jnp.asarray(rows))
+    if own_predictive:
+        mean, var, latent_var = model.posterior_predictive(merged, rows, engine=engine)
+    else:
+        engine, raw = _setup(model, merged, engine, None, None)
+        mean, var, latent_var = _predict(engine, model, raw, jnp.asarray(rows))
     sd, latent_sd = jnp.sqrt(var), jnp.sqrt(latent_var)
     if levels is None:
         bands = latent_bands = None

@@ -4,6 +4,7 @@ from .em import EMHistory, fit_em
 from .mcmc import sample_nuts
 from .mle import MLEHistory, fit_mle
 from .pmmh import sample_pmmh
+from .train import TrainHistory, train
 from .vi import VIResult, fit_vi
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "fit_mle",
     "sample_nuts",
     "sample_pmmh",
+    "TrainHistory",
+    "train",
     "VIResult",
     "fit_vi",
 ]

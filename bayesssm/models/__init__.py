@@ -10,6 +10,7 @@ from .continuous_discrete import (
 from .gp import GPStateSpace
 from .growth import NonlinearGrowth
 from .linear_gaussian import LinearGaussianSSM
+from .neural_cd import NCDSSM, GaussianDecoder, GaussianEncoder, LocallyLinearDrift, MLPDrift
 from .poisson_ar import PoissonAR1
 from .stochastic_volatility import StochasticVolatility
 
@@ -18,9 +19,14 @@ __all__ = [
     "ContinuousDiscreteSSM",
     "EulerMaruyama",
     "GPStateSpace",
+    "GaussianDecoder",
+    "GaussianEncoder",
     "LinearContinuousDiscreteSSM",
     "LinearGaussianEmission",
     "LinearGaussianSSM",
+    "LocallyLinearDrift",
+    "MLPDrift",
+    "NCDSSM",
     "NonlinearGrowth",
     "PoissonAR1",
     "StochasticVolatility",
