@@ -31,13 +31,12 @@ import numpy as np
 from .._checks import check_positive_int, is_concrete
 from .._jit import filter_jit
 from .._types import Array, ArrayLike, Bool, Float, Key
-from ..data import Observations, TimeSeries
-from ..inference._linearization import Extended
+from ..data import Observations, TimeSeries, observations
+from ..inference._linearization import Cubature, Extended, _unit_points
 from ..inference._square_root import tria
 from ..inference.gaussian import GaussianFilter
 from ..inference.kalman import Kalman
 from ..params import Covariance, Positive
-from ..ssm import step_inputs
 from .continuous_discrete import AffineDrift, ContinuousDiscreteSSM
 
 _OWNER = "NCDSSM"
@@ -313,8 +312,7 @@ class NCDSSM(eqx.Module):
             ("hidden", hidden),
             ("num_bases", num_bases),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{_OWNER}: {name} must be a positive int, got {value!r}.")
+            check_positive_int(f"{_OWNER}: {name}", value)
         if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or depth < 0:
             raise ValueError(f"{_OWNER}: depth must be an int >= 0, got {depth!r}.")
         if isinstance(dynamics, str) and dynamics not in _DYNAMICS:
@@ -532,9 +530,7 @@ class NCDSSM(eqx.Module):
 
 
 def _observations(times, values, observed) -> Observations:
-    T = values.shape[0]
-    dts = jnp.concatenate([jnp.diff(times), jnp.zeros((1,), times.dtype)])
-    return Observations(values, observed, step_inputs(T, None, dts, times))
+    return observations(TimeSeries(times, jnp.where(observed, values, jnp.nan)))
 
 
 @filter_jit
@@ -571,8 +567,7 @@ def _predictive(model: NCDSSM, engine, times, values, rows, key, num_samples: in
         draws = mean + sd * jax.random.normal(key, (num_samples, T, A), mean.dtype)
     a_observed = jnp.broadcast_to(observed_rows[:, None], (T, A))
     H, d, chol_R = model.prior.emission_fn.params()
-    unit = np.sqrt(A) * np.concatenate([np.eye(A), -np.eye(A)])  # cubature points, (2A, A)
-    unit = jnp.asarray(unit, mean.dtype)
+    unit, _, _ = _unit_points(Cubature(), A, mean.dtype)  # (2A, A), equal weights
     q_observed = observed_rows[rows]
 
     def one_draw(a):
