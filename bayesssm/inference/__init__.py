@@ -10,6 +10,7 @@ from ._linearization import (
 from ._particle_filter import ParticleFilterResult, ParticleHistory
 from ._smoothing import ParticleSmootherResult
 from .gaussian import GaussianFilter, IteratedSmoother
+from .hamiltonian_smc import HamiltonianSMC, HamiltonianSMCResult, HamiltonianSmootherResult
 from .kalman import Kalman
 from .results import FilterResult, ForecastResult, SmootherResult
 from .smc import ParticleFilter
@@ -20,6 +21,9 @@ __all__ = [
     "Extended",
     "GaussHermite",
     "GaussianFilter",
+    "HamiltonianSMC",
+    "HamiltonianSMCResult",
+    "HamiltonianSmootherResult",
     "IteratedSmoother",
     "Unscented",
     "FilterResult",
