@@ -10,6 +10,7 @@ from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts, sample_pmmh
 from .fit.ppg import PPGHistory, fit_ppg
+from .fit.smc_sampler import SMCSamplerResult, sample_smc
 from .fit.train import TrainHistory, train
 from .impute import ImputeResult, impute
 from .inference import (
@@ -20,6 +21,9 @@ from .inference import (
     ForecastResult,
     GaussHermite,
     GaussianFilter,
+    HamiltonianSMC,
+    HamiltonianSMCResult,
+    HamiltonianSmootherResult,
     IteratedSmoother,
     Kalman,
     ParticleFilter,
@@ -80,6 +84,9 @@ __all__ = [
     "Extended",
     "GaussHermite",
     "GaussianFilter",
+    "HamiltonianSMC",
+    "HamiltonianSMCResult",
+    "HamiltonianSmootherResult",
     "IteratedSmoother",
     "Unscented",
     "ImputeResult",
@@ -113,6 +120,8 @@ __all__ = [
     "paris_particle_gibbs",
     "particle_gibbs",
     "sample_pmmh",
+    "sample_smc",
+    "SMCSamplerResult",
     "ParticleFilterResult",
     "ParticleSmootherResult",
     "AbstractSSM",

@@ -45,9 +45,8 @@ from ..ssm import StepInputs
 from ._observed_log_prob import observed_log_likelihoods
 from ._proposals import sample_each
 from ._resampling import RESAMPLERS, effective_sample_size
+from ._tempering import increment_weights, next_increment
 
-# Bisection steps for the next temperature: resolution 2^-50 of the remaining interval.
-_BISECTION_STEPS = 50
 # Bounds on the adapted HMC step size (in units of the metric).
 _MIN_STEP, _MAX_STEP = 1e-4, 4.0
 
@@ -116,34 +115,6 @@ def window_log_density(
     )
     powers = jnp.ones_like(likelihood).at[-1].set(beta)
     return jnp.sum(prior) + jnp.sum(powers * likelihood)
-
-
-def _next_increment(log_lik: Float[Array, " N"], remaining, settings: HMCSettings, last_stage):
-    """The next temperature increment: the largest in (0, remaining] whose incremental weights
-    keep ESS >= target_ess times the number of particles with finite likelihood."""
-    if not settings.tempering:
-        return remaining
-    finite = jnp.isfinite(log_lik)
-    target = settings.target_ess * jnp.sum(finite)
-
-    def ess(delta):
-        return effective_sample_size(_normalised(delta * jnp.where(finite, log_lik, 0), finite))
-
-    def bisect(_, bounds):
-        low, high = bounds
-        middle = 0.5 * (low + high)
-        good = ess(middle) >= target
-        return jnp.where(good, middle, low), jnp.where(good, high, middle)
-
-    low, _ = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (jnp.zeros_like(remaining), remaining))
-    done = (ess(remaining) >= target) | last_stage
-    # at least a sliver of progress, so the loop ends even when the bisection stalls
-    return jnp.where(done, remaining, jnp.maximum(low, remaining * 2.0**-_BISECTION_STEPS))
-
-
-def _normalised(log_weights: Float[Array, " N"], finite: Bool[Array, " N"]):
-    log_weights = jnp.where(finite, log_weights, -jnp.inf)
-    return log_weights - logsumexp(log_weights)
 
 
 def inverse_mass(states: Float[Array, "N W *E"], settings: HMCSettings, fixed):
@@ -237,9 +208,12 @@ def assimilate(model, settings: HMCSettings, carry: StageCarry, window: Window, 
         log_lik = jnp.where(jnp.isnan(log_lik), -jnp.inf, log_lik)
         remaining = 1.0 - c.beta
         last = c.num_stages >= settings.max_stages - 1
-        delta = _next_increment(log_lik, remaining, settings, last)
-        finite = jnp.isfinite(log_lik)
-        log_weights = jnp.where(finite, delta * jnp.where(finite, log_lik, 0.0), -jnp.inf)
+        if settings.tempering:
+            delta = next_increment(log_lik, remaining, settings.target_ess)
+            delta = jnp.where(last, remaining, delta)
+        else:
+            delta = remaining
+        log_weights = increment_weights(log_lik, delta)
         total = logsumexp(log_weights)
         alive = jnp.isfinite(total)
         normalised = jnp.where(alive, log_weights - total, -log_num)

@@ -25,8 +25,8 @@ import pytest
 import bayesssm as bs
 from tests.inference.test_particle_filter import (
     MODEL,
-    T,
     Z_LIKELIHOOD,
+    T,
     assert_unbiased_likelihood,
     assert_within,
     data,
