@@ -88,10 +88,14 @@ def fit_mle(
         y: one series (T, M) or (T,), or a batch of series (B, T, M) whose log-likelihoods add.
         where: the leaves to fit, as in `equinox.tree_at`: `lambda m: (m.Q, m.R)`.
         optimizer: any optax transformation. Default: L-BFGS with a zoom line search
-            (`optax.lbfgs()`), or Adam (learning rate 1e-2) with `batch_size`.
+            (`optax.lbfgs()`), or Adam (learning rate 1e-2) with `batch_size` or a random
+            engine.
         num_steps: the most optimiser steps.
         priors: one distrax or numpyro distribution (or None) per leaf of `where`, on its value.
-        engine: inference engine giving a differentiable log-likelihood (default: exact).
+        engine: inference engine giving a differentiable log-likelihood (default: exact). A
+            random engine (`bs.HamiltonianSMC`, whose gradient is its fixed-lag estimate of the
+            score; `bs.ParticleFilter`, differentiated through its moves) gets a fresh key at
+            every step: stochastic-gradient ascent, all `num_steps` run.
         key: PRNG key; needed for restarts, minibatches and random engines.
         inputs: control inputs (T, U).
         num_restarts: independent starts run together with `vmap`: the given model, and
@@ -114,7 +118,8 @@ def fit_mle(
     selection = Selection(model, where, priors)
     objective = Objective(model, y, engine=engine, inputs=inputs)
     _check_settings(num_steps, num_restarts, batch_size, objective, key)
-    stochastic = batch_size is not None
+    random_engine = objective.engine.is_random
+    stochastic = batch_size is not None or random_engine
     optimizer = _with_extra_args(optimizer or (_DEFAULT_ADAM if stochastic else _DEFAULT_LBFGS))
     y_all = objective.device_y()
     if key is None:
@@ -122,7 +127,7 @@ def fit_mle(
     key, start_key = jax.random.split(key)
     loss = _Loss(selection, objective)
     scale = objective.scale
-    if stochastic:  # a minibatch stands for the whole batch
+    if batch_size is not None:  # a minibatch stands for the whole batch
         scale = scale * batch_size / objective.num_series
     scale = jnp.asarray(scale, objective.dtype)
 
@@ -133,7 +138,8 @@ def fit_mle(
             f"The starting values of {', '.join(bad)} are not finite; give finite values."
         )
     starts = perturbed_starts(start, num_restarts, restart_scale, start_key, keep_first=True)
-    state = _init(starts, model, y_all, scale, loss, optimizer)
+    key, init_key = jax.random.split(key)
+    state = _init(starts, model, y_all, scale, loss, optimizer, init_key if random_engine else None)
     _check_start(selection, state)
     values, grads = [], []
     with progress_bar(num_steps, progress, "fit_mle") as bar:
@@ -142,7 +148,18 @@ def fit_mle(
             size = min(_CHUNK, num_steps - done)
             key, chunk_key = jax.random.split(key)
             state, trace = _run_chunk(
-                state, model, y_all, scale, chunk_key, size, loss, optimizer, tol, gtol, batch_size
+                state,
+                model,
+                y_all,
+                scale,
+                chunk_key,
+                size,
+                loss,
+                optimizer,
+                tol,
+                gtol,
+                batch_size,
+                random_engine,
             )
             values.append(trace[0])
             grads.append(trace[1])
@@ -178,9 +195,9 @@ class _Loss:
 
 
 @filter_jit
-def _init(starts, model, y, scale, loss, optimizer) -> _State:
+def _init(starts, model, y, scale, loss, optimizer, key) -> _State:
     def one(params):
-        value, grad = jax.value_and_grad(loss)(params, model, y, scale)
+        value, grad = jax.value_and_grad(loss)(params, model, y, scale, key)
         return _State(
             params,
             optimizer.init(params),
@@ -203,21 +220,26 @@ def _strongly_typed(x):
 
 
 @filter_jit
-def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, batch_size):
-    """`size` optimiser steps for every restart; finished restarts stand still."""
+def _run_chunk(
+    state, model, y, scale, key, size, loss, optimizer, tol, gtol, batch_size, random_engine
+):
+    """`size` optimiser steps for every restart; finished restarts stand still. A minibatch or
+    a random engine makes each step's objective a new draw."""
     stored = [optax.tree_utils.tree_get(state.opt_state, name) for name in ("value", "grad")]
     reuses_line_search = all(x is not None for x in stored)
 
     def one_restart(state, key):
         def step(state, key):
-            y_step = y if batch_size is None else _minibatch(y, key, batch_size)
+            key_batch, key_engine = jax.random.split(key)
+            y_step = y if batch_size is None else _minibatch(y, key_batch, batch_size)
+            engine_key = key_engine if random_engine else None
 
             def value_fn(params):
-                return loss(params, model, y_step, scale)
+                return loss(params, model, y_step, scale, engine_key)
 
-            if batch_size is None:
+            if batch_size is None and not random_engine:
                 value, grad = state.value, state.grad
-            else:  # a new minibatch: the stored value and gradient were for another one
+            else:  # a new draw: the stored value and gradient were for another one
                 value, grad = jax.value_and_grad(value_fn)(state.params)
             updates, opt_state = optimizer.update(
                 grad, state.opt_state, state.params, value=value, grad=grad, value_fn=value_fn
@@ -230,6 +252,8 @@ def _run_chunk(state, model, y, scale, key, size, loss, optimizer, tol, gtol, ba
                 # compile time.
                 new_value = optax.tree_utils.tree_get(opt_state, "value")
                 new_grad = optax.tree_utils.tree_get(opt_state, "grad")
+            elif random_engine:  # a random objective: the next step draws anew anyway
+                new_value, new_grad = value, grad
             else:
                 new_value, new_grad = jax.value_and_grad(value_fn)(params)
             finite = jnp.isfinite(new_value) & _all_finite(new_grad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -167,7 +168,8 @@ class HamiltonianSMC(eqx.Module):
         """(T, K, K): at step t, block-diagonal filtering covariances of the window's times."""
         if self._metric(model) != "gaussian":
             return None
-        covs = _gaussian_engine(model).filter(model, data).covs
+        # a setting of the sampler, not a function of the parameters (see `bs.fit_mle`)
+        covs = jax.lax.stop_gradient(_gaussian_engine(model).filter(model, data).covs)
         lag = self.lag
         times = jnp.arange(data.num_timesteps)[:, None] - lag + jnp.arange(lag + 1)
         blocks = covs[jnp.clip(times, 0, data.num_timesteps - 1)]  # (T, W, D, D)
@@ -192,10 +194,13 @@ class HamiltonianSMC(eqx.Module):
         first_dead = jnp.argmax(dead).astype(jnp.int32)
         log_marginals = out.log_marginal
         dtype = log_marginals.dtype
+        # the value of the likelihood estimate, the gradient of the fixed-lag score estimate
+        surrogate = run.score_surrogate
+        log_marginal = jnp.sum(log_marginals) + (surrogate - jax.lax.stop_gradient(surrogate))
         filtered = HamiltonianSMCResult(
             means=out.filtered[0],
             variances=out.filtered[1],
-            log_marginal=jnp.sum(log_marginals),
+            log_marginal=log_marginal,
             log_marginals=log_marginals,
             ess=out.ess,
             num_stages=out.num_stages,
