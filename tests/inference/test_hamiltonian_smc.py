@@ -261,9 +261,12 @@ def test_gradient_is_the_score_estimate():
 
 @pytest.mark.slow
 def test_fit_mle_with_hamiltonian_smc_reaches_the_exact_mle():
-    """`bs.fit_mle` with the engine: stochastic-gradient ascent (Adam, a fresh key every step)
-    on the fixed-lag score (lag 5 on an AR(0.8): the truncation's bias is 0.8^10, ~1e-1 of a
-    step's share), 200 steps from Q = 1, against the exact MLE from the Kalman engine."""
+    """`bs.fit_mle` with the engine: stochastic-gradient ascent (Adam, a fresh key every step,
+    step sizes decaying from 0.05 to 0.001 as stochastic approximation needs) on the fixed-lag
+    score (lag 5 on an AR(0.8): the truncation's bias is 0.8^10, ~1e-1 of a step's share),
+    200 steps from Q = 1, against the exact MLE from the Kalman engine, within 2% (as issue 6
+    asks of PPG-driven MLE). Measured: 0.6%, 0.8%, 0.6% off with keys 0, 1, 2; with a constant
+    step size 0.05 the last iterate wandered 3.9% off."""
     import optax
 
     _, y = _scalar_model(0.8, 0.3).sample(jax.random.key(3), 100)
@@ -275,11 +278,11 @@ def test_fit_mle_with_hamiltonian_smc_reaches_the_exact_mle():
         where=lambda m: m.Q,
         engine=bs.HamiltonianSMC(128, lag=5),
         key=jax.random.key(0),
-        optimizer=optax.adam(0.05),
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.05, 200, alpha=0.02)),
         num_steps=200,
         progress=False,
     )
     q_exact = float(bs.unwrap(exact).Q[0, 0])
     q_fitted = float(bs.unwrap(fitted).Q[0, 0])
     assert history.num_steps == 200
-    assert abs(q_fitted - q_exact) <= 0.03 * q_exact, (q_fitted, q_exact)
+    assert abs(q_fitted - q_exact) <= 0.02 * q_exact, (q_fitted, q_exact)
