@@ -2,8 +2,8 @@
 
 Part 1, filters. A linear-Gaussian model with D-dimensional state and informative observations,
 x_t = 0.9 x_{t-1} + N(0, 0.5 I), y_t = x_t + N(0, 0.1 I), D in {5, 20, 50}, T = 20 (10 with
---quick), one simulated series, float64. Each method runs R independent times (one compiled
-`lax.map` over keys, timed after a warm-up call; the time per run is the batch's time / R); the
+--quick), one simulated series, float64. Each method runs R independent times (compiled once,
+called once per key after a warm-up call; the time per run is the total / R); the
 table gives the variance of the log-likelihood estimate over the runs, its mean error against
 the exact (Kalman) value, the time per run, and variance x time (lower is better: the variance
 one second of computing buys, as variance falls like 1 / cost). Methods: the bootstrap particle
@@ -41,6 +41,11 @@ import numpy as np  # noqa: E402
 from kalman import machine, pin_to_one_cpu  # noqa: E402 (sets XLA_FLAGS first)
 
 jax.config.update("jax_enable_x64", True)
+# Pin before anything computes: importing bayesssm evaluates a few JAX constants, which starts
+# XLA's thread pool, and its two threads pinned to one CPU afterwards ran the particle filters
+# 30-60x slower.
+if "--all-cores" not in sys.argv:
+    pin_to_one_cpu()
 
 import blackjax  # noqa: E402
 import numpyro.distributions as nd  # noqa: E402
@@ -59,21 +64,23 @@ def model_of(dim: int) -> bs.LinearGaussianSSM:
     )
 
 
-def over_runs(fn):
-    """fn over a batch of keys, one run after another (`lax.map`): `vmap` over runs made
-    Hamiltonian SMC 10-100x slower on CPU (its batched HMC moves), and a run's time is the
-    honest measure for every method."""
-    return lambda keys: jax.lax.map(fn, keys)
-
-
 def timed_runs(fn, num_runs: int, seed: int):
-    """(log-likelihoods of R runs, seconds per run) of fn(keys), after a warm-up."""
-    batched = jax.jit(fn)
-    jax.block_until_ready(batched(jax.random.split(jax.random.key(seed + 1000), num_runs)))
-    keys = jax.random.split(jax.random.key(seed), num_runs)
+    """(results of R runs, seconds per run) of a compiled fn(key), one call per run after a
+    warm-up call. One run at a time: under `vmap` over runs Hamiltonian SMC's HMC moves ran
+    10-100x slower on CPU, and under `lax.map` the particle filters carried a fixed ~80 ms a
+    run; a run's own time is the honest measure for every method."""
+    compiled = jax.jit(fn)
+    # keys made alike (a key from indexing an array of keys is typed differently from a fresh
+    # one, and the first call with it would compile again)
+    base = jax.random.key(seed)
+    keys = [jax.random.fold_in(base, i) for i in range(num_runs + 1)]
+    jax.block_until_ready(compiled(keys[-1]))
+    out = []
     start = time.perf_counter()
-    out = np.asarray(jax.block_until_ready(batched(keys)))
-    return out, (time.perf_counter() - start) / num_runs
+    for key in keys[:-1]:
+        out.append(jax.block_until_ready(compiled(key)))
+    seconds = (time.perf_counter() - start) / num_runs
+    return np.asarray(out), seconds
 
 
 def filters(dims, length: int, num_runs: int) -> None:
@@ -100,7 +107,7 @@ def filters(dims, length: int, num_runs: int) -> None:
             def one(key, engine=engine, model=model, y=y):
                 return bs.log_marginal(model, y, engine=engine, key=key)
 
-            log_liks, seconds = timed_runs(over_runs(one), runs, seed=dim)
+            log_liks, seconds = timed_runs(one, runs, seed=dim)
             variance = float(np.var(log_liks, ddof=1))
             score = variance * seconds
             best[name] = min(best.get(name, np.inf), score)
@@ -117,7 +124,8 @@ def filters(dims, length: int, num_runs: int) -> None:
             )
 
 
-PRIOR = nd.LogNormal(np.log(0.5), 1.5)
+def prior():
+    return nd.LogNormal(np.log(0.5), 1.5)
 
 
 def ar1(q: float) -> bs.LinearGaussianSSM:
@@ -127,6 +135,7 @@ def ar1(q: float) -> bs.LinearGaussianSSM:
 def samplers(num_runs: int, num_particles: int = 512) -> None:
     model = ar1(0.3)
     _, y = model.sample(jax.random.key(3), 50)
+    PRIOR = prior()  # noqa: N806
     print(f"\n## SMC samplers: posterior of Q, N = {num_particles}, R = {num_runs} runs")
     print("| sampler | log-evidence | se | time/run | estimates/s |")
     print("|---|---|---|---|---|")
@@ -169,10 +178,10 @@ def samplers(num_runs: int, num_particles: int = 512) -> None:
         log_likelihood,
         kernel,
         blackjax.hmc.init,
-        {
-            "step_size": 0.5,
-            "inverse_mass_matrix": jnp.ones(1),
-            "num_integration_steps": 10,
+        {  # a leading axis of length 1: shared by all particles
+            "step_size": jnp.array([0.5]),
+            "inverse_mass_matrix": jnp.ones((1, 1)),
+            "num_integration_steps": jnp.array([10]),
         },
         blackjax.smc.resampling.systematic,
         0.5,
@@ -194,7 +203,7 @@ def samplers(num_runs: int, num_particles: int = 512) -> None:
 
         return jax.lax.while_loop(go_on, stage, (state, jnp.zeros(()), key_run))[1]
 
-    log_z, seconds = timed_runs(over_runs(one_run), num_runs, seed=4)
+    log_z, seconds = timed_runs(one_run, num_runs, seed=4)
     combined = np.log(np.mean(np.exp(log_z - log_z.max()))) + log_z.max()
     z = np.exp(log_z - log_z.max())
     se = np.std(z, ddof=1) / np.sqrt(num_runs) / np.mean(z)
@@ -208,13 +217,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="D in {5, 20}, T = 10")
     parser.add_argument("--all-cores", action="store_true", help="do not pin to one CPU")
+    parser.add_argument("--samplers-only", action="store_true", help="skip the filters")
     args = parser.parse_args()
-    if not args.all_cores:
-        pin_to_one_cpu()
     for line in machine(("jax", "blackjax", "numpyro")):
         print(line)
     dims = (5, 20) if args.quick else (5, 20, 50)
-    filters(dims, 10 if args.quick else 20, 8 if args.quick else 16)
+    if not args.samplers_only:
+        filters(dims, 10 if args.quick else 20, 8 if args.quick else 16)
     samplers(4 if args.quick else 8)
 
 
