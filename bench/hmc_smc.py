@@ -218,10 +218,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="D in {5, 20}, T = 10")
     parser.add_argument("--all-cores", action="store_true", help="do not pin to one CPU")
     parser.add_argument("--samplers-only", action="store_true", help="skip the filters")
+    parser.add_argument("--dims", help="comma-separated state dimensions, e.g. 50")
     args = parser.parse_args()
     for line in machine(("jax", "blackjax", "numpyro")):
         print(line)
     dims = (5, 20) if args.quick else (5, 20, 50)
+    if args.dims:
+        dims = tuple(int(d) for d in args.dims.split(","))
     if not args.samplers_only:
         filters(dims, 10 if args.quick else 20, 8 if args.quick else 16)
     samplers(4 if args.quick else 8)
