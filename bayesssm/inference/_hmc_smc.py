@@ -255,8 +255,7 @@ def assimilate(model, settings: HMCSettings, carry: StageCarry, window: Window, 
             target=target,
             ancestors=ancestors,
             log_increment=c.log_increment
-            + jnp.where(more & ~alive, -jnp.inf, 0.0)
-            + jnp.where(more & alive, total - log_num, 0.0),
+            + jnp.where(more, jnp.where(alive, total - log_num, -jnp.inf), 0.0),
             key=key,
             num_stages=c.num_stages + more.astype(jnp.int32),
             min_ess=jnp.where(

@@ -15,6 +15,7 @@ from ..data import Observations
 from ..ssm import AbstractLinearGaussianSSM, AbstractSSM, require_capability
 from ._hmc_smc import HMCSettings, run_hmc_smc
 from ._resampling import RESAMPLERS
+from .gaussian import GaussianFilter
 from .kalman import Kalman
 
 _METRICS = ("auto", "gaussian", "particles", "identity")
@@ -238,6 +239,4 @@ class HamiltonianSMC(eqx.Module):
 
 def _gaussian_engine(model):
     """The Gaussian filter whose covariances give the "gaussian" metric."""
-    from .gaussian import GaussianFilter
-
     return Kalman() if isinstance(model, AbstractLinearGaussianSSM) else GaussianFilter()
