@@ -5,7 +5,18 @@ model = bs.LinearGaussianSSM(A=A, Q=Q, H=H, R=R, m0=m0, P0=P0)
 smoothed = bs.smooth(model, y)
 """
 
-from . import datasets, diagnostics, distributions, fit, inference, kernels, models, numpyro, params
+from . import (
+    datasets,
+    diagnostics,
+    distributions,
+    fit,
+    inference,
+    kernels,
+    models,
+    nn,
+    numpyro,
+    params,
+)
 from .data import TimeSeries
 from .diagnostics import plot_posterior_predictive, plot_states, to_arviz
 from .fit import EMHistory, MLEHistory, VIResult, fit_em, fit_mle, fit_vi, sample_nuts, sample_pmmh
@@ -143,6 +154,7 @@ __all__ = [
     "inference",
     "log_marginal",
     "models",
+    "nn",
     "params",
     "sample_nuts",
     "sample_posterior",

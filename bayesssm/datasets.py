@@ -2,6 +2,8 @@ r"""Synthetic data sets, generated from a key (nothing is downloaded).
 
 `damped_pendulum`: irregularly sampled, noisy and partly missing observations of damped
 pendulums, the task of Ansari et al. (2023) with the bob's position in place of images.
+`digits_sequences`: scikit-learn's 8 x 8 handwritten digits (shipped with the package) read as
+sequences of 64 pixels, for sequence generation.
 """
 
 from __future__ import annotations
@@ -134,4 +136,53 @@ def damped_pendulum(
     return PendulumData(times, values, targets, clean, states)
 
 
-__all__ = ["PendulumData", "damped_pendulum"]
+class DigitsData(NamedTuple):
+    """Handwritten digits as pixel sequences.
+
+    Attributes:
+        values: (B, 64, 1) the pixels in raster order (row by row), scaled to [0, 1]: with
+            `dequantize`, (intensity + u) / 17, u ~ U(0, 1) (a continuous variable whose density
+            bounds the discrete likelihood); else intensity / 16.
+        intensities: (B, 64, 1) the raw intensities, integers 0..16 (as floats).
+        labels: (B,) the digit shown.
+    """
+
+    values: Float[Array, "B 64 1"]
+    intensities: Float[Array, "B 64 1"]
+    labels: Array
+
+
+def digits_sequences(key: Key | None = None, *, dequantize: bool = True, dtype=None) -> DigitsData:
+    """scikit-learn's 1797 handwritten digits (8 x 8 pixels, 17 grey levels), each read as a
+    sequence of 64 pixels, row by row.
+
+    The data ship with scikit-learn (`sklearn.datasets.load_digits`); nothing is downloaded.
+    Uniform dequantisation (Theis, van den Oord and Bethge 2016) makes the pixels continuous,
+    so Gaussian likelihoods are proper and comparable: a model's density of the dequantised
+    pixels, times $17^{64}$, bounds its probability of the integer image from below.
+
+    Args:
+        key: PRNG key for the dequantisation noise (needed when `dequantize`).
+        dequantize: add U(0, 1) noise to the intensities before scaling (see `DigitsData`).
+        dtype: float dtype (default JAX's default float).
+
+    Returns:
+        A `DigitsData`.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - scikit-learn comes with the dev extra
+        raise ImportError("digits_sequences needs scikit-learn: pip install scikit-learn") from err
+    digits = load_digits()
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    raw = jnp.asarray(digits.data, dtype)[..., None]  # (B, 64, 1), row-major pixels
+    if dequantize:
+        if key is None:
+            raise ValueError("dequantize=True needs key=jax.random.key(...) for its noise.")
+        values = (raw + jax.random.uniform(key, raw.shape, dtype)) / 17.0
+    else:
+        values = raw / 16.0
+    return DigitsData(values, raw, jnp.asarray(digits.target))
+
+
+__all__ = ["DigitsData", "PendulumData", "damped_pendulum", "digits_sequences"]

@@ -32,6 +32,18 @@ from ._selection import Selection
 _FISHER_MIN_PIVOT_RATIO = 1e-6
 
 
+def series_at(y, index):
+    """Series `index` (an int or an index array) of a batch: an array (B, T, M) or a stacked
+    `TimeSeries`."""
+    if isinstance(y, TimeSeries):
+        return jax.tree.map(lambda a: a[index], y)
+    return y[index]
+
+
+def num_in_batch(y) -> int:
+    return (y.times if isinstance(y, TimeSeries) else y).shape[0]
+
+
 class Objective:
     """log p(y | fitted leaves) for one model, engine and data set."""
 
@@ -40,15 +52,22 @@ class Objective:
             raise TypeError(f"model must be a bs.AbstractSSM, got {type(model).__name__}.")
         is_series = isinstance(y, TimeSeries)
         y = y if is_series or hasattr(y, "shape") else np.asarray(y)
-        self.batched = (not is_series and np.ndim(y) == 3) if batched is None else batched
+        # a batch: values (B, T, M), or a TimeSeries from TimeSeries.stack (times (B, T))
+        stacked = is_series and np.ndim(y.times) == 2
+        if batched is None:
+            batched = stacked or (not is_series and np.ndim(y) == 3)
+        self.batched = batched
         self.engine = default_engine(model) if engine is None else engine
         self.engine.check(model)
         if self.batched:
-            if np.ndim(y) != 3:
-                raise ValueError(f"A batch of series must have shape (B, T, M); got {np.shape(y)}.")
-            for b in range(np.shape(y)[0]):
-                check_observations(model, y[b], inputs)
-            self.num_series = np.shape(y)[0]
+            if not stacked and np.ndim(y) != 3:
+                raise ValueError(
+                    f"A batch of series must have shape (B, T, M) or be a bs.TimeSeries.stack of "
+                    f"series; got {np.shape(y)}."
+                )
+            self.num_series = np.shape(y.times if stacked else y)[0]
+            for b in range(self.num_series):
+                check_observations(model, series_at(y, b), inputs)
         else:
             y, inputs = check_observations(model, y, inputs)
             self.num_series = 1
@@ -58,7 +77,9 @@ class Objective:
         # Objectives are divided by this so that tolerances mean the same for any T.
         self.scale = float(max(observed.sum(), 1))
         self.dtype = model_dtype(model)
-        if engine is None and _fisher_is_safe(model, y[0] if self.batched else y, inputs):
+        if engine is None and _fisher_is_safe(
+            model, series_at(y, 0) if self.batched else y, inputs
+        ):
             self.engine = Kalman(gradient="fisher")
 
     def values(self) -> np.ndarray:
@@ -97,7 +118,7 @@ class Objective:
         """Total over the series in `y` (a batch when `self.batched`)."""
         if not self.batched:
             return self.series_log_marginal(model, y, key)
-        keys = None if key is None else jax.random.split(key, y.shape[0])
+        keys = None if key is None else jax.random.split(key, num_in_batch(y))
         lls = jax.vmap(lambda y_b, k: self.series_log_marginal(model, y_b, k))(y, keys)
         return jnp.sum(lls)
 
@@ -110,7 +131,7 @@ class Objective:
 
         if not self.batched:
             return one(y, key)
-        keys = None if key is None else jax.random.split(key, y.shape[0])
+        keys = None if key is None else jax.random.split(key, num_in_batch(y))
         return jax.vmap(one)(y, keys)
 
 

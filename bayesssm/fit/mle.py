@@ -17,7 +17,7 @@ import optax
 from .._checks import check_positive_int
 from .._jit import filter_jit
 from .._types import Array, Float, Key
-from ._objective import Objective, log_posterior
+from ._objective import Objective, log_posterior, num_in_batch, series_at
 from ._progress import progress_bar
 from ._selection import Selection, perturbed_starts
 
@@ -85,7 +85,8 @@ def fit_mle(
 
     Args:
         model: the starting model.
-        y: one series (T, M) or (T,), or a batch of series (B, T, M) whose log-likelihoods add.
+        y: one series (T, M) or (T,), or a batch of series whose log-likelihoods add: values
+            (B, T, M), or irregularly sampled series as one `bs.TimeSeries.stack(...)`.
         where: the leaves to fit, as in `equinox.tree_at`: `lambda m: (m.Q, m.R)`.
         optimizer: any optax transformation. Default: L-BFGS with a zoom line search
             (`optax.lbfgs()`), or Adam (learning rate 1e-2) with `batch_size` or a random
@@ -295,8 +296,8 @@ def _run_chunk(
 
 
 def _minibatch(y, key, batch_size):
-    index = jax.random.choice(key, y.shape[0], (batch_size,), replace=False)
-    return y[index]
+    index = jax.random.choice(key, num_in_batch(y), (batch_size,), replace=False)
+    return series_at(y, index)
 
 
 def _max_abs(tree) -> Array:

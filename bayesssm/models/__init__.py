@@ -9,10 +9,12 @@ from .continuous_discrete import (
 )
 from .gp import GPStateSpace
 from .growth import NonlinearGrowth
+from .latent_s4 import LatentS4, LatentS4Sample
 from .linear_gaussian import LinearGaussianSSM
 from .neural_cd import NCDSSM, GaussianDecoder, GaussianEncoder, LocallyLinearDrift, MLPDrift
 from .poisson_ar import PoissonAR1
 from .stochastic_volatility import StochasticVolatility
+from .vssm import VSSM, Generation, VSSMState
 
 __all__ = [
     "AffineDrift",
@@ -21,8 +23,11 @@ __all__ = [
     "GPStateSpace",
     "GaussianDecoder",
     "GaussianEncoder",
+    "Generation",
     "LinearContinuousDiscreteSSM",
     "LinearGaussianEmission",
+    "LatentS4",
+    "LatentS4Sample",
     "LinearGaussianSSM",
     "LocallyLinearDrift",
     "MLPDrift",
@@ -30,4 +35,6 @@ __all__ = [
     "NonlinearGrowth",
     "PoissonAR1",
     "StochasticVolatility",
+    "VSSM",
+    "VSSMState",
 ]

@@ -1,0 +1,364 @@
+r"""S4D: a layer of independent single-input single-output diagonal state-space models.
+
+References:
+    Gu, A., Gupta, A., Goel, K. and Ré, C. (2022). On the parameterization and initialization of
+    diagonal state space models. NeurIPS.
+    Smith, J. T. H., Warrington, A. and Linderman, S. W. (2023). Simplified state space layers for
+    sequence modeling. ICLR.
+    Gu, A., Dao, T., Ermon, S., Rudra, A. and Ré, C. (2020). HiPPO: recurrent memory with optimal
+    polynomial projections. NeurIPS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Complex
+
+from .._checks import check_positive_int, check_shape, is_concrete
+from .._types import Array, Float, Key
+from ._discretise import DISCRETISATIONS, discretise
+from ._hippo import INITS, diagonal_init
+
+MODES = ("parallel", "scan", "conv")
+
+
+def _combine(first, second):
+    # x -> a x + b composed with x -> a' x + b' (first, then second)
+    a1, b1 = first
+    a2, b2 = second
+    return a1 * a2, a2 * b1 + b2
+
+
+def _check_steps(name: str, dt, shape: tuple) -> Array:
+    dt = jnp.asarray(dt)
+    check_shape(name, dt, shape)
+    if is_concrete(dt):
+        values = np.asarray(dt)
+        bad = ~(values > 0) | ~np.isfinite(values)
+        if np.any(bad):
+            raise ValueError(
+                f"step sizes must be > 0 and finite, but {name} has entries "
+                f"{values[bad][:5].tolist()}."
+            )
+    return dt
+
+
+def check_call(mode: str, dt, length: int) -> Array | None:
+    """The checks of a sequence call that need no parameters (shared with `DeepSSM`, which runs
+    them before any work): the mode, the gaps' shape and values, and a constant step for conv."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}.")
+    if length < 1:
+        raise ValueError("u must have at least one time step, got shape (0, ...).")
+    if dt is None:
+        return None
+    dt = _check_steps("dt", dt, (length,))
+    if mode == "conv" and is_concrete(dt):
+        gaps = np.asarray(dt)
+        if not np.allclose(gaps, gaps[0], rtol=1e-6, atol=0):
+            raise ValueError(
+                "mode='conv' needs a constant step (all dt equal); use mode='scan' or "
+                "mode='parallel' for irregular steps."
+            )
+    return dt
+
+
+def _chunks(length: int) -> tuple[int, int]:
+    """(A, c) with A c >= length and c about sqrt(length): l = a c + b splits the powers."""
+    c = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+    return -(-length // c), c
+
+
+def _power_sums(
+    w: Complex[Array, "H N"], lam_bar: Complex[Array, "H N"], length: int
+) -> Complex[Array, "L H"]:
+    r"""$S_{l,h} = \sum_n w_{hn} \bar\Lambda_{hn}^l$ for $l < L$ (a Vandermonde product).
+
+    With $l = a c + b$, $\bar\Lambda^l = \bar\Lambda^{ac} \bar\Lambda^{b}$: two tables of about
+    $\sqrt L$ powers each and one batched matrix product over n, instead of $L N$ complex
+    exponentials (which cost more than the whole convolution)."""
+    A, c = _chunks(length)
+    log_lam = jnp.log(lam_bar)  # any branch gives the same integer powers
+    real = lam_bar.real.dtype
+    outer = jnp.exp(jnp.arange(A, dtype=real)[:, None, None] * c * log_lam) * w  # (A, H, N)
+    inner = jnp.exp(jnp.arange(c, dtype=real)[:, None, None] * log_lam)  # (c, H, N)
+    sums = jnp.einsum("ahn,bhn->abh", outer, inner)  # (A, c, H)
+    return sums.reshape(A * c, -1)[:length]
+
+
+def _weighted_powers(
+    v: Complex[Array, "L H"], lam_bar: Complex[Array, "H N"]
+) -> Complex[Array, "H N"]:
+    r"""$\sum_l v_{lh} \bar\Lambda_{hn}^l$, by the same split of the powers as `_power_sums`."""
+    length = v.shape[0]
+    A, c = _chunks(length)
+    log_lam = jnp.log(lam_bar)
+    real = lam_bar.real.dtype
+    v = jnp.pad(v, ((0, A * c - length), (0, 0))).reshape(A, c, -1)  # (A, c, H)
+    inner = jnp.exp(jnp.arange(c, dtype=real)[:, None, None] * log_lam)  # (c, H, N)
+    partial = jnp.einsum("abh,bhn->ahn", v, inner)
+    outer = jnp.exp(jnp.arange(A, dtype=real)[:, None, None] * c * log_lam)
+    return jnp.sum(outer * partial, axis=0)
+
+
+class S4DLayer(eqx.Module):
+    r"""H independent diagonal SSMs, one per channel, each with N complex states (S4D).
+
+    Channel h runs the continuous-time system $\dot x = \Lambda x + B u$, $y = 2\,\mathrm{Re}(C x)
+    + D u$ with diagonal $\Lambda \in \mathbb{C}^N$ ($\mathrm{Re}\,\Lambda < 0$); the N states stand
+    for conjugate pairs of a real 2N-state system, hence the $2\,\mathrm{Re}$. Over the gap
+    $\Delta_{l} = e^{s_h}\,\mathrm{dt}_l$ before input $l$ (learned step $e^{s_h}$ times the
+    time gap, 1 by default) it is discretised ("zoh" or "bilinear", see `discretise`) into
+
+    $$x_l = \bar\Lambda_l x_{l-1} + \bar B_l u_l,\qquad y_l = 2\,\mathrm{Re}(C x_l) + D u_l,$$
+
+    from $x_{-1}$ = `state` (zeros by default). The layer is causal and $y_l$ depends on $u_l$.
+
+    All parameters are real arrays: `lambda_log_neg_re` ($\log(-\mathrm{Re}\,\Lambda)$, which keeps
+    every mode stable), `lambda_im`, `B_re`, `B_im`, `C_re`, `C_im` (H, N), `D` and `log_step`
+    (H,).
+
+    Args:
+        size: H, the number of channels.
+        state_size: N, complex states per channel.
+        key: PRNG key for C, D and the step sizes.
+        init: "legs" (S4D-LegS: eigenvalues $-\tfrac12 + i\omega$ of the normal part of HiPPO-LegS,
+            B projected onto its eigenvectors), "lin" ($\Lambda_n = -\tfrac12 + i\pi n$, $B = 1$) or
+            "inv" ($\Lambda_n = -\tfrac12 + i\frac{N}{\pi}(\frac{N}{2n+1} - 1)$, $B = 1$).
+        discretisation: "zoh" or "bilinear".
+        dt_min, dt_max: the learned steps $e^{s_h}$ start log-uniform in [dt_min, dt_max].
+        dtype: real dtype of the parameters (default: JAX's default float).
+
+    Calls keep the input's dtype (float32 inputs run in complex64, float64 in complex128).
+
+    Example:
+        ```python
+        import jax, bayesssm as bs
+        layer = bs.nn.S4DLayer(8, 16, key=jax.random.key(0))
+        y, state = layer(jax.numpy.ones((100, 8)))
+        ```
+
+    References:
+        Gu, Gupta, Goel and Ré (2022), "On the parameterization and initialization of diagonal
+        state space models" (S4D); Smith, Warrington and Linderman (2023), "Simplified state space
+        layers for sequence modeling" (S5); Gu et al. (2020), "HiPPO".
+    """
+
+    lambda_log_neg_re: Float[Array, "H N"]
+    lambda_im: Float[Array, "H N"]
+    B_re: Float[Array, "H N"]
+    B_im: Float[Array, "H N"]
+    C_re: Float[Array, "H N"]
+    C_im: Float[Array, "H N"]
+    D: Float[Array, " H"]
+    log_step: Float[Array, " H"]
+    discretisation: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        size: int,
+        state_size: int = 64,
+        *,
+        key: Key,
+        init: str = "legs",
+        discretisation: str = "zoh",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dtype=None,
+    ):
+        check_positive_int("size", size)
+        check_positive_int("state_size", state_size)
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; use one of {INITS}.")
+        if discretisation not in DISCRETISATIONS:
+            raise ValueError(
+                f"unknown discretisation {discretisation!r}; use one of {DISCRETISATIONS}."
+            )
+        if not (math.isfinite(dt_min) and dt_min > 0):
+            raise ValueError(f"dt_min must be > 0 (step sizes must be > 0), got {dt_min!r}.")
+        if not (math.isfinite(dt_max) and dt_max >= dt_min):
+            raise ValueError(f"dt_max must be finite and >= dt_min={dt_min!r}, got {dt_max!r}.")
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"dtype must be a real floating dtype, got {dtype}.")
+        H, N = size, state_size
+        lam, B = diagonal_init(init, N)
+        tile = lambda v: jnp.asarray(np.broadcast_to(v, (H, N)), dtype)  # noqa: E731
+        k_c, k_d, k_s = jax.random.split(key, 3)
+        C = jax.random.normal(k_c, (2, H, N), dtype) * math.sqrt(0.5)
+        self.lambda_log_neg_re = tile(np.log(-lam.real))
+        self.lambda_im = tile(lam.imag)
+        self.B_re, self.B_im = tile(B.real), tile(B.imag)
+        self.C_re, self.C_im = C[0], C[1]
+        self.D = jax.random.normal(k_d, (H,), dtype)
+        self.log_step = jax.random.uniform(k_s, (H,), dtype, math.log(dt_min), math.log(dt_max))
+        self.discretisation = discretisation
+
+    @property
+    def size(self) -> int:
+        """H, the number of channels."""
+        return self.D.shape[0]
+
+    @property
+    def state_size(self) -> int:
+        """N, the complex states per channel."""
+        return self.lambda_im.shape[1]
+
+    @property
+    def eigenvalues(self) -> Complex[Array, "H N"]:
+        r"""$\Lambda$, continuous-time."""
+        return self._continuous(self.D.dtype)[0]
+
+    @property
+    def step_sizes(self) -> Float[Array, " H"]:
+        r"""The learned steps $e^{s_h}$ (multiplied by `dt` in calls)."""
+        return jnp.exp(self.log_step)
+
+    def init_state(self) -> Complex[Array, "H N"]:
+        """Zeros, complex, of the parameters' precision."""
+        cplx = jnp.result_type(self.D.dtype, jnp.complex64)
+        return jnp.zeros((self.size, self.state_size), cplx)
+
+    def _dtypes(self, u):
+        real = u.dtype if jnp.issubdtype(u.dtype, jnp.floating) else self.D.dtype
+        return real, jnp.result_type(real, jnp.complex64)
+
+    def _continuous(self, real):
+        """Λ, B, C (H, N) complex; D, learned step (H,) real; all in the working precision."""
+        p = lambda a: a.astype(real)  # noqa: E731
+        lam = jax.lax.complex(-jnp.exp(p(self.lambda_log_neg_re)), p(self.lambda_im))
+        B = jax.lax.complex(p(self.B_re), p(self.B_im))
+        C = jax.lax.complex(p(self.C_re), p(self.C_im))
+        return lam, B, C, p(self.D), jnp.exp(p(self.log_step))
+
+    def _check_state(self, state, cplx):
+        if state is None:
+            return jnp.zeros((self.size, self.state_size), cplx)
+        state = jnp.asarray(state)
+        check_shape("state", state, (self.size, self.state_size), " (size, state_size)")
+        return state.astype(cplx)
+
+    def __call__(
+        self,
+        u: Float[Array, "L H"],
+        *,
+        dt: Float[Array, " L"] | None = None,
+        state: Complex[Array, "H N"] | None = None,
+        mode: str = "parallel",
+    ) -> tuple[Float[Array, "L H"], Complex[Array, "H N"]]:
+        r"""Run the layer over a sequence.
+
+        Args:
+            u: inputs (L, H).
+            dt: (L,) time gaps, `dt[l]` from the previous input to input l (irregular sampling);
+                default all ones.
+            state: $x_{-1}$ (H, N) complex, e.g. the final state of an earlier call; zeros if
+                None.
+            mode: "parallel" (`jax.lax.associative_scan`, O(log L) depth), "scan" (sequential
+                `jax.lax.scan`) or "conv" (FFT convolution with the kernel of `kernel`; needs a
+                constant step. Under tracing, where dt cannot be checked, it uses `dt[0]`).
+                All three give the same numbers.
+
+        Returns:
+            outputs y (L, H) in u's dtype, and the final state $x_{L-1}$ (H, N).
+        """
+        u = jnp.asarray(u)
+        check_shape("u", u, (None, self.size), " (L time steps by size channels)")
+        dt = check_call(mode, dt, u.shape[0])
+        real, cplx = self._dtypes(u)
+        u = u.astype(real)
+        dt = None if dt is None else dt.astype(real)
+        x0 = self._check_state(state, cplx)
+        lam, B, C, D, base = self._continuous(real)
+
+        if mode == "conv":
+            step = base if dt is None else base * dt[0]
+            # with no initial state, skip its (zero) contribution: a third of the work
+            return self._conv(u, None if state is None else x0, lam, B, C, D, step)
+
+        step = base[None] if dt is None else dt[:, None] * base[None]  # (L or 1, H)
+        lam_bar, B_bar = discretise(lam, B, step[..., None], self.discretisation)
+        bu = B_bar * u[..., None]  # (L, H, N)
+        lam_bar = jnp.broadcast_to(lam_bar, bu.shape)
+        if mode == "scan":
+
+            def body(x, inputs):
+                a, b = inputs
+                x = a * x + b
+                return x, x
+
+            _, xs = jax.lax.scan(body, x0, (lam_bar, bu))
+        else:
+            # the initial state enters as an extra input to the first step
+            bu = bu.at[0].add(lam_bar[0] * x0)
+            _, xs = jax.lax.associative_scan(_combine, (lam_bar, bu))
+        y = 2 * jnp.einsum("hn,lhn->lh", C, xs).real + D * u
+        return y.astype(real), xs[-1]
+
+    def _conv(self, u, x0, lam, B, C, D, step):
+        L = u.shape[0]
+        lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
+        K = 2 * _power_sums(C * B_bar, lam_bar, L).real  # (L, H)
+        # zero-padding to 2L makes the FFT's circular convolution the causal one
+        spectrum = jnp.fft.rfft(u, n=2 * L, axis=0) * jnp.fft.rfft(K, n=2 * L, axis=0)
+        y = jnp.fft.irfft(spectrum, n=2 * L, axis=0)[:L] + D * u
+        # x_{L-1} = sum_k Λ̄^{L-1-k} B̄ u_k + Λ̄^L x_{-1}
+        final = B_bar * _weighted_powers(u[::-1].astype(lam_bar.dtype), lam_bar)
+        if x0 is not None:
+            y = y + 2 * _power_sums(C * lam_bar * x0, lam_bar, L).real
+            final = final + jnp.exp(L * jnp.log(lam_bar)) * x0
+        return y.astype(u.dtype), final
+
+    def kernel(self, length: int, dt: float | None = None) -> Float[Array, "L H"]:
+        r"""The convolution kernel $K_l = 2\,\mathrm{Re}\big(\sum_n C_n \bar\Lambda_n^l \bar B_n
+        \big)$, $l = 0, \dots, L-1$ (without the feed-through D), for a constant gap `dt`
+        (default 1).
+
+        Args:
+            length: L.
+            dt: the time gap between inputs, > 0.
+
+        Returns:
+            K (L, H): the zero-state output is $y_l = \sum_{k \le l} K_{l-k} u_k + D u_l$.
+        """
+        check_positive_int("length", length)
+        real = self.D.dtype
+        lam, B, C, _, step = self._continuous(real)
+        if dt is not None:
+            step = step * _check_steps("dt", dt, ()).astype(real)
+        lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
+        return 2 * _power_sums(C * B_bar, lam_bar, length).real
+
+    def step(
+        self,
+        state: Complex[Array, "H N"],
+        u: Float[Array, " H"],
+        dt: Float[Array, ""] | float | None = None,
+    ) -> tuple[Complex[Array, "H N"], Float[Array, " H"]]:
+        r"""One step of the recurrence, for step-by-step generation (agrees with `__call__`).
+
+        Args:
+            state: $x_{l-1}$ (H, N).
+            u: the input $u_l$ (H,).
+            dt: the gap before $u_l$ (a scalar, > 0); default 1.
+
+        Returns:
+            the new state $x_l$ (H, N) and the output $y_l$ (H,) in u's dtype.
+        """
+        u = jnp.asarray(u)
+        check_shape("u", u, (self.size,), " (size,)")
+        real, cplx = self._dtypes(u)
+        u = u.astype(real)
+        x = self._check_state(state, cplx)
+        lam, B, C, D, step = self._continuous(real)
+        if dt is not None:
+            step = step * _check_steps("dt", dt, ()).astype(real)
+        lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
+        x = lam_bar * x + B_bar * u[:, None]
+        y = 2 * jnp.einsum("hn,hn->h", C, x).real + D * u
+        return x, y.astype(real)
