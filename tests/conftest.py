@@ -33,3 +33,15 @@ _LONGEST_FIRST = ("tests/test_notebooks.py", "tests/test_demo.py")
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_LONGEST_FIRST))
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Drop JAX's compiled programs at the end of each test file.
+
+    Every compiled XLA CPU program holds memory maps of its own, and a worker process that
+    compiled the programs of half the suite went past the kernel's limit (vm.max_map_count,
+    65,530): the next compilation's mmap failed and XLA crashed the worker. Programs are rarely
+    shared between files, so little is compiled twice.
+    """
+    if nextitem is None or nextitem.path != item.path:
+        jax.clear_caches()

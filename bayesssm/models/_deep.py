@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import is_concrete
+from .._checks import check_positive_int, is_concrete
 from .._types import Array, Bool, Float, Key
 from ..data import TimeSeries
 
@@ -109,6 +109,12 @@ class ObservationHead(eqx.Module):
             return (u < jax.nn.sigmoid(raw)).astype(raw.dtype)
         g = jax.random.gumbel(key, (M, self.num_classes), raw.dtype)
         return jnp.argmax(self._logits(raw) + g, axis=-1).astype(raw.dtype)
+
+
+def check_sizes(owner: str, **sizes) -> None:
+    """Each size (obs_dim, width, ...) a positive int, or a ValueError naming it."""
+    for name, value in sizes.items():
+        check_positive_int(f"{owner}: {name}", value)
 
 
 def diagonal_gaussian(
@@ -225,3 +231,26 @@ def unflatten_states(flat: Float[Array, " S"], like: tuple) -> tuple:
         out.append((re + 1j * im).astype(s.dtype))
         start += 2 * n
     return tuple(out)
+
+
+class HeadDistribution(distrax.Distribution):
+    """$p(y_t \\mid x_t)$ of a deep model for the particle engines: the head at given raw outputs;
+    NaN entries of y are missing (add 0)."""
+
+    def __init__(self, head: ObservationHead, raw):
+        self._head, self._raw = head, raw
+
+    @property
+    def event_shape(self):
+        return (self._head.obs_dim,)
+
+    @property
+    def batch_shape(self):
+        return ()
+
+    def _sample_n(self, key, n: int):
+        return jax.vmap(lambda k: self._head.sample(self._raw, k))(jax.random.split(key, n))
+
+    def log_prob(self, value):
+        observed = ~jnp.isnan(value)
+        return self._head.log_prob(self._raw, value, observed)

@@ -39,8 +39,10 @@ from .._types import Array, Float, Key
 from ..nn import DeepSSM
 from ..ssm import AbstractSSM, StepInputs
 from ._deep import (
+    HeadDistribution,
     ObservationHead,
     PushForward,
+    check_sizes,
     diagonal_gaussian,
     flatten_states,
     gaps,
@@ -50,7 +52,6 @@ from ._deep import (
     shift_right,
     unflatten_states,
 )
-from .vssm import _HeadDistribution
 
 _OWNER = "LatentS4"
 # Irregular gaps rule out the FFT convolution; on CPU the sequential scan (forward and reverse
@@ -118,14 +119,14 @@ class LatentS4(AbstractSSM):
         discretisation: str = "bilinear",
         dtype=None,
     ):
-        for name, value in (
-            ("obs_dim", obs_dim),
-            ("latent_dim", latent_dim),
-            ("width", width),
-            ("depth", depth),
-            ("state_size", state_size),
-        ):
-            check_positive_int(f"{_OWNER}: {name}", value)
+        check_sizes(
+            _OWNER,
+            obs_dim=obs_dim,
+            latent_dim=latent_dim,
+            width=width,
+            depth=depth,
+            state_size=state_size,
+        )
         head = ObservationHead(likelihood, obs_dim, num_classes, min_sd)
         k_prior, k_dec, k_enc = jax.random.split(key, 3)
         net = dict(
@@ -294,7 +295,7 @@ class LatentS4(AbstractSSM):
         )
 
     def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
-        return _HeadDistribution(self.head, self._split(x)[3])
+        return HeadDistribution(self.head, self._split(x)[3])
 
     def check_data(self, num_timesteps, obs_dim, controls) -> None:
         if obs_dim is not None and obs_dim != self.obs_dim:

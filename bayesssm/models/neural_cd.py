@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive_int, is_concrete
+from .._checks import check_positive_int
 from .._jit import filter_jit
 from .._types import Array, ArrayLike, Bool, Float, Key
 from ..data import Observations, TimeSeries, observations
@@ -37,6 +37,7 @@ from ..inference._square_root import tria
 from ..inference.gaussian import GaussianFilter
 from ..inference.kalman import Kalman
 from ..params import Covariance, Positive
+from ._deep import series_arrays
 from .continuous_discrete import AffineDrift, ContinuousDiscreteSSM
 
 _OWNER = "NCDSSM"
@@ -501,32 +502,7 @@ class NCDSSM(eqx.Module):
 
     def _arrays(self, series, width: int, name: str):
         """(times (T,), values (T, width)) in the model's dtype, after shape checks."""
-        if isinstance(series, TimeSeries):
-            times, values = series.times, series.values
-        else:
-            values = series if hasattr(series, "shape") else np.asarray(series)
-            if values.ndim == 1 and width == 1:
-                values = values[:, None]
-            if values.ndim != 2:
-                raise ValueError(
-                    f"{_OWNER}: {name} must be a bs.TimeSeries or an array (T, {width}), got shape "
-                    f"{tuple(values.shape)}."
-                )
-            times = jnp.arange(values.shape[0])
-        if times.ndim != 1 or values.ndim != 2:
-            raise ValueError(
-                f"{_OWNER}: one series at a time ({name} of shape (T, {width})); got times of "
-                f"shape {tuple(times.shape)} and values {tuple(values.shape)}. For a batch, use "
-                "jax.vmap or bs.train."
-            )
-        if values.shape[1] != width:
-            raise ValueError(
-                f"{_OWNER}: {name} must have {width} columns, got {values.shape[1]} (shape "
-                f"{tuple(values.shape)})."
-            )
-        if is_concrete(values) and np.all(np.isnan(np.asarray(values))):
-            raise ValueError(f"{_OWNER}: {name} is all NaN: there is nothing to condition on.")
-        return jnp.asarray(times, self.dtype), jnp.asarray(values, self.dtype)
+        return series_arrays(_OWNER, series, width, name, self.dtype)
 
 
 def _observations(times, values, observed) -> Observations:

@@ -38,8 +38,10 @@ from .._types import Array, Float, Int, Key
 from ..nn import DeepSSM
 from ..ssm import AbstractSSM, StepInputs
 from ._deep import (
+    HeadDistribution,
     ObservationHead,
     PushForward,
+    check_sizes,
     diagonal_gaussian,
     flatten_states,
     kl_diagonal,
@@ -137,14 +139,14 @@ class VSSM(AbstractSSM):
         min_sd: float = 1e-3,
         dtype=None,
     ):
-        for name, value in (
-            ("obs_dim", obs_dim),
-            ("latent_dim", latent_dim),
-            ("width", width),
-            ("depth", depth),
-            ("state_size", state_size),
-        ):
-            check_positive_int(f"{_OWNER}: {name}", value)
+        check_sizes(
+            _OWNER,
+            obs_dim=obs_dim,
+            latent_dim=latent_dim,
+            width=width,
+            depth=depth,
+            state_size=state_size,
+        )
         head = ObservationHead(likelihood, obs_dim, num_classes, min_sd)
         k_enc, k_dec, k_prior = jax.random.split(key, 3)
         net = dict(width=width, depth=depth, state_size=state_size, dtype=dtype)
@@ -332,35 +334,12 @@ class VSSM(AbstractSSM):
     def emission(self, x: Array, inputs: StepInputs | None = None) -> distrax.Distribution:
         self._protocol_check()
         raw = x[x.shape[0] - self.head.num_params :]
-        return _HeadDistribution(self.head, raw)
+        return HeadDistribution(self.head, raw)
 
     def check_data(self, num_timesteps, obs_dim, controls) -> None:
         self._protocol_check()
         if obs_dim is not None and obs_dim != self.obs_dim:
             raise ValueError(f"{_OWNER}: y must have {self.obs_dim} columns, got {obs_dim}.")
-
-
-class _HeadDistribution(distrax.Distribution):
-    """$p(y_t \\mid x_t)$ of a deep model for the particle engines: the head at given raw outputs;
-    NaN entries of y are missing (add 0)."""
-
-    def __init__(self, head: ObservationHead, raw):
-        self._head, self._raw = head, raw
-
-    @property
-    def event_shape(self):
-        return (self._head.obs_dim,)
-
-    @property
-    def batch_shape(self):
-        return ()
-
-    def _sample_n(self, key, n: int):
-        return jax.vmap(lambda k: self._head.sample(self._raw, k))(jax.random.split(key, n))
-
-    def log_prob(self, value):
-        observed = ~jnp.isnan(value)
-        return self._head.log_prob(self._raw, value, observed)
 
 
 @filter_jit

@@ -11,6 +11,7 @@ import pytest
 import scipy.linalg as sla
 import scipy.optimize
 from reference.dense_gaussian import condition, joint_gaussian
+from reference.numerics import imputation_mse
 from scipy.stats import multivariate_normal, norm
 
 import bayesssm as bs
@@ -175,15 +176,6 @@ def test_bad_input_is_refused():
         bs.train(lgssm, [jnp.zeros((5, 1))], key=key)
 
 
-def _imputation_mse(predict, data):
-    errors = []
-    for series, target in zip(data.series(), np.asarray(data.targets), strict=True):
-        gone = np.isnan(np.asarray(series.values)[:, 0])
-        mean = predict(series, np.asarray(series.times)[gone])
-        errors.append((np.asarray(mean) - target[gone]) ** 2)
-    return float(np.mean(np.concatenate(errors)))
-
-
 @pytest.mark.slow
 def test_neural_model_beats_a_linear_baseline_on_held_out_imputation():
     """Pendulums observed irregularly with half the rows missing: the locally linear NCDSSM,
@@ -206,7 +198,7 @@ def test_neural_model_beats_a_linear_baseline_on_held_out_imputation():
     def neural_predict(model):
         return lambda series, at: bs.impute(model, series, at=at).mean
 
-    neural = _imputation_mse(neural_predict(fitted("locally_linear")), test)
+    neural = imputation_mse(neural_predict(fitted("locally_linear")), test)
 
     # (b) each coordinate a damped oscillator (constant-velocity when the frequency is 0):
     # a linear SDE fitted by maximum likelihood over all training series.
@@ -231,7 +223,7 @@ def test_neural_model_beats_a_linear_baseline_on_held_out_imputation():
         start, jac=True, method="L-BFGS-B",
     )  # fmt: skip
     baseline_model = oscillator(*jnp.asarray(best.x))
-    baseline = _imputation_mse(
+    baseline = imputation_mse(
         lambda series, at: bs.impute(baseline_model, series, at=at).mean, test
     )
     print(f"imputation MSE: NCDSSM {neural:.4f}, oscillator SSM {baseline:.4f}")

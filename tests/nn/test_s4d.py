@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.numerics import check_directional_derivatives
 
 import bayesssm.nn as bnn
 
@@ -73,19 +74,6 @@ def numpy_reference(layer, u, dt=None, state=None):
                 x[h, n] = a * x[h, n] + b * u[l, h]
             y[l, h] = 2 * np.sum(C[h] * x[h]).real + p["D"][h] * u[l, h]
     return y, x
-
-
-def check_directional_derivatives(f, params, grads, eps=1e-6):
-    """<grad, d> against central differences of f along a few random directions d."""
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        d = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), params)
-        plus = jax.tree.map(lambda p, v: p + eps * v, params, d)
-        minus = jax.tree.map(lambda p, v: p - eps * v, params, d)
-        fd = (f(plus) - f(minus)) / (2 * eps)
-        pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(d), strict=True)
-        g = sum(jnp.vdot(a, b) for a, b in pairs)
-        np.testing.assert_allclose(float(g), float(fd), rtol=1e-6)
 
 
 def assert_close(a, b, tol=1e-10):
