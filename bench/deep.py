@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--all-cores", action="store_true", help="do not pin to one CPU")
     parser.add_argument("--float64", action="store_true")
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--widths", type=int, nargs="*", default=[32, 64])
     parser.add_argument("--no-training", action="store_true")
     args = parser.parse_args()
     if args.float64:
@@ -210,6 +210,9 @@ def main() -> None:
     for width in args.widths:
         print(f"\n## Generation, width {width}")
         generation(lengths, dtype, width)
+        # Every compiled XLA CPU program holds memory maps; a process that keeps them all
+        # reached the kernel's limit (vm.max_map_count) and LLVM could not allocate.
+        jax.clear_caches()
     if not args.no_training:
         print("\n## Training", flush=True)
         for line in training(dtype):
