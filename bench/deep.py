@@ -13,7 +13,8 @@ Part 2, training. Digits as 64-pixel sequences (`bs.datasets.digits_sequences`),
 GRU VAE written here with Equinox: a bidirectional GRU encoder giving q(z_t | y), z_t ~ N(0, I)
 a priori, a GRU decoder over z_{1:t} with the same Gaussian head, hidden size chosen so that its
 parameter count is the VSSM's (within 5%). Both steps are one jitted value-and-gradient plus an
-optax update on the same batch; fastest of 3 timings of 20 steps.
+optax update on the same batch; fastest of 3 timings of 2 steps (a compiled scan of 20
+steps never finished compiling or running on this machine; of 2 steps it takes seconds).
 
 Usage:
     python bench/deep.py            # L in {1024, 4096, 16384}
@@ -132,7 +133,7 @@ class GRUVAE(eqx.Module):
         return log_lik - jnp.sum(kl_diagonal(mean, sd, jnp.zeros_like(mean), jnp.ones_like(sd)))
 
 
-def train_step_time(model, elbo_fn, data, batch: int, steps: int = 20) -> float:
+def train_step_time(model, elbo_fn, data, batch: int, steps: int = 2) -> float:
     optimizer = optax.adam(1e-3)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     state = optimizer.init(params)
