@@ -263,11 +263,17 @@ class LatentS4(AbstractSSM):
             x[c:],
         )
 
-    def _advance(self, prior_states, dec_states, z_prev, dt, noise):
+    def _step(self, prior_states, dec_states, z_prev, dt, noise):
+        """One step of the generative recurrence: z_t from the prior network (which reads
+        z_{t-1}), then the decoder; returns the new states, z_t and the decoder's outputs."""
         prior_states, raw_p = self.prior_net.step(prior_states, z_prev, dt)
         p_mean, p_sd = diagonal_gaussian(raw_p)
         z = p_mean + p_sd * noise
         dec_states, raw = self.decoder.step(dec_states, z, dt)
+        return prior_states, dec_states, z, raw
+
+    def _advance(self, prior_states, dec_states, z_prev, dt, noise):
+        prior_states, dec_states, z, raw = self._step(prior_states, dec_states, z_prev, dt, noise)
         return jnp.concatenate([flatten_states(prior_states), flatten_states(dec_states), z, raw])
 
     def _size(self) -> int:
@@ -334,12 +340,8 @@ def _generate(model: LatentS4, key, times) -> LatentS4Sample:
     noise = jax.random.normal(k_z, (T, model.latent_dim), model.dtype)
 
     def one(carry, args):
-        prior_states, dec_states, z_prev = carry
         e, dt_t = args
-        prior_states, raw_p = model.prior_net.step(prior_states, z_prev, dt_t)
-        p_mean, p_sd = diagonal_gaussian(raw_p)
-        z = p_mean + p_sd * e
-        dec_states, raw = model.decoder.step(dec_states, z, dt_t)
+        prior_states, dec_states, z, raw = model._step(*carry, dt_t, e)
         return (prior_states, dec_states, z), (z, raw)
 
     start = (

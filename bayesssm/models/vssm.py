@@ -177,20 +177,16 @@ class VSSM(AbstractSSM):
         return diagonal_gaussian(raw)
 
     def prior(
-        self, values: Float[Array, "T M"] | None, num_steps: int, prefix_length=None
+        self, values: Float[Array, "T M"], prefix_length=None
     ) -> tuple[Float[Array, "T Z"], Float[Array, "T Z"]]:
-        """$p(z_t \\mid \\cdot)$ for t < `num_steps`: N(0, I), or for the autoregressive VSSM
-        the prior network's law given the first `prefix_length` rows of `values`."""
-        dtype = self.dtype
+        r"""$p(z_t \mid \cdot)$ for every row t of `values`: N(0, I), or for the autoregressive
+        VSSM the prior network's law given the rows before `prefix_length`."""
+        T = values.shape[0]
         if self.prior_net is None:
-            shape = (num_steps, self.latent_dim)
-            return jnp.zeros(shape, dtype), jnp.ones(shape, dtype)
-        if values is None:
-            inputs = jnp.zeros((num_steps, 2 * self.obs_dim), dtype)
-        else:
-            rows = jnp.arange(values.shape[0])[:, None]
-            hidden = jnp.where(rows < prefix_length, values, jnp.nan)
-            inputs = masked_inputs(hidden)
+            shape = (T, self.latent_dim)
+            return jnp.zeros(shape, self.dtype), jnp.ones(shape, self.dtype)
+        rows = jnp.arange(T)[:, None]
+        inputs = masked_inputs(jnp.where(rows < prefix_length, values, jnp.nan))
         raw, _ = self.prior_net(shift_right(inputs), mode=_LAYER_MODE)
         return diagonal_gaussian(raw)
 
@@ -350,7 +346,7 @@ def _elbo(model: VSSM, values, key, num_samples: int, prefix_length) -> Float[Ar
     mean, sd = model.encode(values)
     if model.prior_net is not None and prefix_length is None:
         prefix_length = jax.random.randint(k_prefix, (), 0, T + 1)
-    p_mean, p_sd = model.prior(values, T, prefix_length)
+    p_mean, p_sd = model.prior(values, prefix_length)
     kl = jnp.sum(kl_diagonal(mean, sd, p_mean, p_sd))
     eps = jax.random.normal(k_z, (num_samples,) + mean.shape, mean.dtype)
     raw = jax.vmap(model.decode)(mean + sd * eps)  # (S, T, P)

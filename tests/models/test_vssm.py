@@ -77,7 +77,7 @@ def test_autoregressive_prior_after_a_prefix_is_the_trained_prior():
     key = jax.random.key(7)
     out = model.generate(key, L, state=state)
     padded = jnp.concatenate([jnp.asarray(prefix), jnp.full((L, 2), jnp.nan)])
-    p_mean, p_sd = model.prior(padded, c + L, c)
+    p_mean, p_sd = model.prior(padded, c)
     step_keys = jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s))[0])(
         jnp.arange(c, c + L)
     )
