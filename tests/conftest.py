@@ -21,6 +21,29 @@ for _flag in _FLAGS:
 
 import jax  # noqa: E402
 
+
+def _stamp_arviz_daily_warning() -> None:
+    """ArviZ 0.23 writes a once-a-day stamp on import through one fixed temporary name, so two
+    workers importing it together on a machine's first run race, and one fails with
+    FileNotFoundError (seen on a fresh clone). Writing today's stamp first, atomically under a
+    name of this process's own, leaves ArviZ nothing to write."""
+    import datetime
+
+    from platformdirs import user_cache_dir
+
+    folder = user_cache_dir("arviz", "arviz")
+    stamp = os.path.join(folder, "daily_warning")
+    temporary = f"{stamp}.{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(temporary, "w") as file:
+            file.write(datetime.date.today().isoformat())
+        os.replace(temporary, stamp)
+    except OSError:
+        pass  # a read-only cache: ArviZ then only warns
+
+
+_stamp_arviz_daily_warning()
 jax.config.update("jax_enable_x64", True)
 # A second guard against the same hang (jax-ml/jax#25861): run CPU programs synchronously.
 jax.config.update("jax_cpu_enable_async_dispatch", False)
