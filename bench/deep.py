@@ -55,7 +55,11 @@ def best_time(fn, repeats: int = 3) -> float:
 
 
 def count(module) -> int:
-    return sum(x.size for x in jax.tree.leaves(eqx.filter(module, eqx.is_inexact_array)))
+    """Trainable (float) parameters of a module, or of its shapes from `eqx.filter_eval_shape`."""
+    leaves = jax.tree.leaves(module)
+    return sum(
+        x.size for x in leaves if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    )
 
 
 # -- part 1 ---------------------------------------------------------------------------------------
@@ -160,9 +164,7 @@ def train_step_time(model, elbo_fn, data, batch: int, steps: int = 10) -> float:
 def _gru_parameters(hidden: int) -> int:
     # shapes only (no arrays are built): constructing hundreds of real models compiled a random
     # program per new shape, and the process ran out of memory maps and hung
-    shapes = eqx.filter_eval_shape(GRUVAE, 1, 8, hidden, jax.random.key(0))
-    leaves = jax.tree.leaves(shapes)
-    return sum(int(np.prod(x.shape)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact))
+    return count(eqx.filter_eval_shape(GRUVAE, 1, 8, hidden, jax.random.key(0)))
 
 
 def _matching_hidden(target: int) -> int:
