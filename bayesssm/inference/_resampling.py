@@ -4,13 +4,15 @@ Each scheme maps its uniforms on [0, 1) (`uniform_shape`) and log-weights with
 `logsumexp(log_weights) = 0` to N ancestor indices whose counts are unbiased for N times the
 weights; `RESAMPLERS` draws the uniforms from a key. Systematic and stratified are O(N): their
 sorted uniforms are counted against the cumulative weights in closed form, and the counts are
-turned into indices by one scatter and one cumulative sum; multinomial and residual draw iid
-uniforms and search them, O(N log N). Ancestors come out sorted, which keeps the gather that
-follows cache-friendly.
+turned into indices by one scatter and one cumulative sum; multinomial searches N sorted
+uniforms made from exponential spacings, residual its iid uniforms, O(N log N). Ancestors come
+out sorted, which keeps the gather that follows cache-friendly.
 
 References:
     Douc, R., Cappé, O. and Moulines, E. (2005). Comparison of resampling schemes for particle
     filtering. ISPA 2005.
+    Devroye, L. (1986). Non-Uniform Random Variate Generation, chapter V.3 (uniform order
+    statistics from exponential spacings). Springer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from .._types import Array, Float, Int, Key
+from ._random import log_unit
 
 
 def cumulative_sum(x: Array) -> Array:
@@ -66,10 +69,22 @@ def _search(cumulative: Float[Array, " N"], u: Float[Array, " K"]) -> Int[Array,
     return jnp.minimum(jnp.searchsorted(cumulative, u, method="scan"), cumulative.shape[0] - 1)
 
 
-def multinomial(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
-    """N iid draws from the weights (inverse CDF of sorted uniforms)."""
-    u = jnp.sort(u)
-    return _search(_cumulative_weights(log_weights), u)
+def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
+    """N iid draws from the weights: the inverse CDF at N sorted uniforms.
+
+    The sorted uniforms come without a sort, as normalised partial sums of N + 1 standard
+    exponentials E_j = -log(1 - U_j): $S_k / S_{N+1}$, k = 1..N, are distributed as the order
+    statistics of N uniforms (Renyi's representation). XLA's CPU sort of N = 1000 keys cost
+    about 0.1 ms, four times the rest of a particle filter's step.
+    """
+    cumulative = _cumulative_weights(log_weights)
+    partial = cumulative_sum(-log_unit(1.0 - u))  # 1 - u is exact and in (0, 1]
+    # strictly below the total weight, so searching to the right never lands on a zero weight
+    sorted_u = partial[:-1] * (cumulative[-1] / partial[-1])
+    return jnp.minimum(
+        jnp.searchsorted(cumulative, sorted_u, side="right", method="scan"),
+        cumulative.shape[0] - 1,
+    )
 
 
 def residual(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
@@ -97,7 +112,8 @@ def draw_indices(key: Key, log_weights: Float[Array, " N"], num: int) -> Int[Arr
     return jnp.minimum(jnp.searchsorted(cumulative, u), log_weights.shape[0] - 1)
 
 
-# Each scheme from its uniforms on [0, 1): one for systematic resampling, N for the others.
+# Each scheme from its uniforms on [0, 1) (`uniform_shape`): one for systematic resampling, N + 1
+# for multinomial, N for the others.
 FROM_UNIFORMS: dict[str, Callable[[Array, Float[Array, " N"]], Int[Array, " N"]]] = {
     "multinomial": multinomial,
     "stratified": stratified,
@@ -108,7 +124,7 @@ FROM_UNIFORMS: dict[str, Callable[[Array, Float[Array, " N"]], Int[Array, " N"]]
 
 def uniform_shape(scheme: str, num: int) -> tuple[int, ...]:
     """The shape of the uniforms that `scheme` needs for `num` particles."""
-    return () if scheme == "systematic" else (num,)
+    return {"systematic": (), "multinomial": (num + 1,)}.get(scheme, (num,))
 
 
 def resample(scheme: str, key: Key, log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
