@@ -74,36 +74,59 @@ def _chunks(length: int) -> tuple[int, int]:
     return -(-length // c), c
 
 
-def _power_sums(
+def _powers(base: Complex[Array, "H N"], count: int) -> tuple[Array, Array]:
+    """Real and imaginary parts (each (count, H, N)) of base^k for k < count, by doubling in
+    real arithmetic: log2(count) vectorised products, where `exp(k log base)` costs a complex
+    exponential per entry. The rounding error grows like log2(count) ulps instead of k."""
+    levels = max(1, (count - 1).bit_length())
+
+    def square(p, _):
+        p_re, p_im = p
+        return (p_re * p_re - p_im * p_im, 2 * p_re * p_im), p
+
+    # base^(2^j) for j < levels, as the outputs of a scan: XLA materialises them, where it
+    # would otherwise recompute `base` (a discretisation) inside every entry of every table
+    _, (p_re, p_im) = jax.lax.scan(square, (base.real, base.imag), None, length=levels)
+    re = jnp.ones((1, *base.shape), p_re.dtype)
+    im = jnp.zeros((1, *base.shape), p_re.dtype)
+    for j in range(levels):
+        re, im = (
+            jnp.concatenate([re, re * p_re[j] - im * p_im[j]]),
+            jnp.concatenate([im, re * p_im[j] + im * p_re[j]]),
+        )
+    return re[:count], im[:count]
+
+
+def _real_power_sums(
     w: Complex[Array, "H N"], lam_bar: Complex[Array, "H N"], length: int
-) -> Complex[Array, "L H"]:
-    r"""$S_{l,h} = \sum_n w_{hn} \bar\Lambda_{hn}^l$ for $l < L$ (a Vandermonde product).
+) -> Float[Array, "L H"]:
+    r"""$S_{l,h} = \mathrm{Re} \sum_n w_{hn} \bar\Lambda_{hn}^l$, $l < L$ (a Vandermonde product).
 
     With $l = a c + b$, $\bar\Lambda^l = \bar\Lambda^{ac} \bar\Lambda^{b}$: two tables of about
-    $\sqrt L$ powers each and one batched matrix product over n, instead of $L N$ complex
-    exponentials (which cost more than the whole convolution)."""
+    $\sqrt L$ powers each and batched matrix products over n. Only the real part is needed:
+    $\mathrm{Re}(p q) = p_r q_r - p_i q_i$, two real products, half the work of a complex one."""
     A, c = _chunks(length)
-    log_lam = jnp.log(lam_bar)  # any branch gives the same integer powers
-    real = lam_bar.real.dtype
-    outer = jnp.exp(jnp.arange(A, dtype=real)[:, None, None] * c * log_lam) * w  # (A, H, N)
-    inner = jnp.exp(jnp.arange(c, dtype=real)[:, None, None] * log_lam)  # (c, H, N)
-    sums = jnp.einsum("ahn,bhn->abh", outer, inner)  # (A, c, H)
+    o_re, o_im = _powers(lam_bar**c, A)  # (A, H, N)
+    o_re, o_im = o_re * w.real - o_im * w.imag, o_re * w.imag + o_im * w.real
+    i_re, i_im = _powers(lam_bar, c)  # (c, H, N)
+    sums = jnp.einsum("ahn,bhn->abh", o_re, i_re) - jnp.einsum("ahn,bhn->abh", o_im, i_im)
     return sums.reshape(A * c, -1)[:length]
 
 
 def _weighted_powers(
-    v: Complex[Array, "L H"], lam_bar: Complex[Array, "H N"]
+    v: Float[Array, "L H"], lam_bar: Complex[Array, "H N"]
 ) -> Complex[Array, "H N"]:
-    r"""$\sum_l v_{lh} \bar\Lambda_{hn}^l$, by the same split of the powers as `_power_sums`."""
+    r"""$\sum_l v_{lh} \bar\Lambda_{hn}^l$ for real v, by the same split of the powers as
+    `_real_power_sums`."""
     length = v.shape[0]
     A, c = _chunks(length)
-    log_lam = jnp.log(lam_bar)
-    real = lam_bar.real.dtype
     v = jnp.pad(v, ((0, A * c - length), (0, 0))).reshape(A, c, -1)  # (A, c, H)
-    inner = jnp.exp(jnp.arange(c, dtype=real)[:, None, None] * log_lam)  # (c, H, N)
-    partial = jnp.einsum("abh,bhn->ahn", v, inner)
-    outer = jnp.exp(jnp.arange(A, dtype=real)[:, None, None] * c * log_lam)
-    return jnp.sum(outer * partial, axis=0)
+    i_re, i_im = _powers(lam_bar, c)
+    p_re, p_im = jnp.einsum("abh,bhn->ahn", v, i_re), jnp.einsum("abh,bhn->ahn", v, i_im)
+    o_re, o_im = _powers(lam_bar**c, A)
+    return jax.lax.complex(
+        jnp.sum(o_re * p_re - o_im * p_im, axis=0), jnp.sum(o_re * p_im + o_im * p_re, axis=0)
+    )
 
 
 class S4DLayer(eqx.Module):
@@ -303,14 +326,14 @@ class S4DLayer(eqx.Module):
     def _conv(self, u, x0, lam, B, C, D, step):
         L = u.shape[0]
         lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
-        K = 2 * _power_sums(C * B_bar, lam_bar, L).real  # (L, H)
+        K = 2 * _real_power_sums(C * B_bar, lam_bar, L)  # (L, H)
         # zero-padding to 2L makes the FFT's circular convolution the causal one
         spectrum = jnp.fft.rfft(u, n=2 * L, axis=0) * jnp.fft.rfft(K, n=2 * L, axis=0)
         y = jnp.fft.irfft(spectrum, n=2 * L, axis=0)[:L] + D * u
         # x_{L-1} = sum_k Λ̄^{L-1-k} B̄ u_k + Λ̄^L x_{-1}
-        final = B_bar * _weighted_powers(u[::-1].astype(lam_bar.dtype), lam_bar)
+        final = B_bar * _weighted_powers(u[::-1], lam_bar)
         if x0 is not None:
-            y = y + 2 * _power_sums(C * lam_bar * x0, lam_bar, L).real
+            y = y + 2 * _real_power_sums(C * lam_bar * x0, lam_bar, L)
             final = final + jnp.exp(L * jnp.log(lam_bar)) * x0
         return y.astype(u.dtype), final
 
@@ -332,7 +355,7 @@ class S4DLayer(eqx.Module):
         if dt is not None:
             step = step * _check_steps("dt", dt, ()).astype(real)
         lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
-        return 2 * _power_sums(C * B_bar, lam_bar, length).real
+        return 2 * _real_power_sums(C * B_bar, lam_bar, length)
 
     def step(
         self,
