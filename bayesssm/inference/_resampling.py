@@ -79,7 +79,8 @@ def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int
     """
     cumulative = _cumulative_weights(log_weights)
     partial = cumulative_sum(-log_unit(1.0 - u))  # 1 - u is exact and in (0, 1]
-    # strictly below the total weight, so searching to the right never lands on a zero weight
+    # below the total weight (unless the last exponential is 0: probability 2^-52), so searching
+    # to the right lands on a particle of positive weight
     sorted_u = partial[:-1] * (cumulative[-1] / partial[-1])
     return jnp.minimum(
         jnp.searchsorted(cumulative, sorted_u, side="right", method="scan"),
