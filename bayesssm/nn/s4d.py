@@ -23,6 +23,7 @@ from .._checks import check_positive_int, check_shape, is_concrete
 from .._types import Array, Float, Key
 from ._discretise import DISCRETISATIONS, discretise
 from ._hippo import INITS, diagonal_init
+from ._scan_adjoint import scan_layer
 
 MODES = ("parallel", "scan", "conv")
 
@@ -304,22 +305,17 @@ class S4DLayer(eqx.Module):
             # with no initial state, skip its (zero) contribution: a third of the work
             return self._conv(u, None if state is None else x0, lam, B, C, D, step)
 
+        if mode == "scan":
+            y, final = scan_layer(self.discretisation, lam, B, C, D, base, u, dt, x0)
+            return y.astype(real), final
+
         step = base[None] if dt is None else dt[:, None] * base[None]  # (L or 1, H)
         lam_bar, B_bar = discretise(lam, B, step[..., None], self.discretisation)
         bu = B_bar * u[..., None]  # (L, H, N)
         lam_bar = jnp.broadcast_to(lam_bar, bu.shape)
-        if mode == "scan":
-
-            def body(x, inputs):
-                a, b = inputs
-                x = a * x + b
-                return x, x
-
-            _, xs = jax.lax.scan(body, x0, (lam_bar, bu))
-        else:
-            # the initial state enters as an extra input to the first step
-            bu = bu.at[0].add(lam_bar[0] * x0)
-            _, xs = jax.lax.associative_scan(_combine, (lam_bar, bu))
+        # the initial state enters as an extra input to the first step
+        bu = bu.at[0].add(lam_bar[0] * x0)
+        _, xs = jax.lax.associative_scan(_combine, (lam_bar, bu))
         y = 2 * jnp.einsum("hn,lhn->lh", C, xs).real + D * u
         return y.astype(real), xs[-1]
 
