@@ -286,7 +286,9 @@ class S4DLayer(eqx.Module):
             mode: "parallel" (`jax.lax.associative_scan`, O(log L) depth), "scan" (sequential
                 `jax.lax.scan`) or "conv" (FFT convolution with the kernel of `kernel`; needs a
                 constant step. Under tracing, where dt cannot be checked, it uses `dt[0]`).
-                All three give the same numbers.
+                All three give the same numbers. "scan" has a hand-written reverse pass
+                (`jax.custom_vjp`), so it takes reverse-mode derivatives only; for `jax.jvp` or
+                `jax.jacfwd` use "parallel" or "conv".
 
         Returns:
             outputs y (L, H) in u's dtype, and the final state $x_{L-1}$ (H, N).

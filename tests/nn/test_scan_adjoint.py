@@ -92,3 +92,20 @@ def test_vmap_and_jit():
     pairs = zip(jax.tree.leaves(total("scan")), jax.tree.leaves(total("parallel")), strict=True)
     for a, b in pairs:
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_forward_mode_is_refused_in_scan_mode_and_served_by_the_parallel_mode():
+    layer = make_layer(discretisation="bilinear", seed=10)
+    u, dt, x0 = _inputs(layer, 11, True)
+    tangent = jnp.ones_like(u)
+
+    def f(mode):
+        return lambda u: layer(u, dt=dt, state=x0, mode=mode)[0]
+
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(f("scan"), (u,), (tangent,))
+    _, forward = jax.jvp(f("parallel"), (u,), (tangent,))
+    _, pullback = jax.vjp(f("scan"), u)
+    # <J t, w> = <t, J^T w> for a random w
+    w = jnp.asarray(np.random.default_rng(12).normal(size=forward.shape))
+    np.testing.assert_allclose(jnp.vdot(forward, w), jnp.vdot(tangent, pullback(w)[0]), rtol=1e-10)
