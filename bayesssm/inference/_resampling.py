@@ -65,8 +65,11 @@ def stratified(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Ar
     return _indices_from_counts_below(whole + extra.astype(jnp.int32), num)
 
 
-def _search(cumulative: Float[Array, " N"], u: Float[Array, " K"]) -> Int[Array, " K"]:
-    return jnp.minimum(jnp.searchsorted(cumulative, u, method="scan"), cumulative.shape[0] - 1)
+def _search(
+    cumulative: Float[Array, " N"], u: Float[Array, " K"], side: str = "left"
+) -> Int[Array, " K"]:
+    index = jnp.searchsorted(cumulative, u, side=side, method="scan")
+    return jnp.minimum(index, cumulative.shape[0] - 1)
 
 
 def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
@@ -82,10 +85,7 @@ def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int
     # below the total weight (unless the last exponential is 0: probability 2^-52), so searching
     # to the right lands on a particle of positive weight
     sorted_u = partial[:-1] * (cumulative[-1] / partial[-1])
-    return jnp.minimum(
-        jnp.searchsorted(cumulative, sorted_u, side="right", method="scan"),
-        cumulative.shape[0] - 1,
-    )
+    return _search(cumulative, sorted_u, side="right")
 
 
 def residual(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:

@@ -55,6 +55,23 @@ def discretise(
     raise ValueError(f"unknown discretisation {method!r}; use one of {DISCRETISATIONS}.")
 
 
+def discretise_steps(
+    lam: Complex[Array, "H N"],
+    B: Complex[Array, "H N"],
+    base: Float[Array, " H"],
+    dt: Float[Array, " L"] | None,
+    method: str,
+) -> tuple[Complex[Array, "*L H N"], Complex[Array, "*L H N"]]:
+    """`discretise` over the steps `dt * base` of a sequence: (L, H, N) arrays, or (H, N) ones
+    for the constant step `base` when dt is None."""
+    return discretise(lam, B, step_sizes(base, dt), method)
+
+
+def step_sizes(base: Float[Array, " H"], dt: Float[Array, " L"] | None) -> Float[Array, "*L H 1"]:
+    """The steps `dt * base` shaped to broadcast against (L, H, N), or `base` as (H, 1)."""
+    return base[:, None] if dt is None else (dt[:, None] * base[None])[..., None]
+
+
 def discretise_adjoint(
     lam: Complex[Array, "*batch N"],
     B: Complex[Array, "*batch N"],

@@ -29,18 +29,11 @@ import jax.numpy as jnp
 from jaxtyping import Complex
 
 from .._types import Array, Float
-from ._discretise import discretise, discretise_adjoint
-
-
-def _coefficients(method, lam, B, base, dt):
-    """The discretised (a, b), (H, N) for a constant step or (L, H, N), and the steps."""
-    step = base[:, None] if dt is None else (dt[:, None] * base[None])[..., None]
-    a, b = discretise(lam, B, step, method)
-    return a, b, step
+from ._discretise import discretise, discretise_adjoint, discretise_steps, step_sizes
 
 
 def _forward(method, lam, B, C, D, base, u, dt, x0):
-    a, b, _ = _coefficients(method, lam, B, base, dt)
+    a, b = discretise_steps(lam, B, base, dt, method)
     bu = b * u[..., None]  # (L, H, N)
 
     def body(x, inputs):
@@ -79,7 +72,8 @@ def _scan_layer_fwd(method, lam, B, C, D, base, u, dt, x0):
 def _scan_layer_bwd(method, residuals, cotangents):
     lam, B, C, D, base, u, dt, x0, xs = residuals
     y_bar, last_ct = cotangents
-    a, b, step = _coefficients(method, lam, B, base, dt)
+    step = step_sizes(base, dt)
+    a, b = discretise(lam, B, step, method)
     a = jnp.broadcast_to(a, xs.shape)
     direct = 2 * y_bar[..., None] * jnp.conj(C)  # (L, H, N)
     # a_{l+1} for l < L - 1; the adjoint of x_{L-1} enters as g_L with a_L = 1

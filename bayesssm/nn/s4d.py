@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -21,7 +22,7 @@ from jaxtyping import Complex
 
 from .._checks import check_positive_int, check_shape, is_concrete
 from .._types import Array, Float, Key
-from ._discretise import DISCRETISATIONS, discretise
+from ._discretise import DISCRETISATIONS, discretise, discretise_steps
 from ._hippo import INITS, diagonal_init
 from ._scan_adjoint import scan_layer
 
@@ -98,33 +99,46 @@ def _powers(base: Complex[Array, "H N"], count: int) -> tuple[Array, Array]:
     return re[:count], im[:count]
 
 
+class _PowerTables(NamedTuple):
+    """Real and imaginary parts of $\bar\\Lambda^{ac}$ (A, H, N) and $\bar\\Lambda^b$ (c, H, N),
+    a < A, b < c, for the split $l = a c + b$ of the powers below L = A c (`_chunks`)."""
+
+    outer_re: Float[Array, "A H N"]
+    outer_im: Float[Array, "A H N"]
+    inner_re: Float[Array, "c H N"]
+    inner_im: Float[Array, "c H N"]
+
+
+def _power_tables(lam_bar: Complex[Array, "H N"], length: int) -> _PowerTables:
+    A, c = _chunks(length)
+    return _PowerTables(*_powers(lam_bar**c, A), *_powers(lam_bar, c))
+
+
 def _real_power_sums(
-    w: Complex[Array, "H N"], lam_bar: Complex[Array, "H N"], length: int
+    w: Complex[Array, "H N"], tables: _PowerTables, length: int
 ) -> Float[Array, "L H"]:
     r"""$S_{l,h} = \mathrm{Re} \sum_n w_{hn} \bar\Lambda_{hn}^l$, $l < L$ (a Vandermonde product).
 
     With $l = a c + b$, $\bar\Lambda^l = \bar\Lambda^{ac} \bar\Lambda^{b}$: two tables of about
     $\sqrt L$ powers each and batched matrix products over n. Only the real part is needed:
     $\mathrm{Re}(p q) = p_r q_r - p_i q_i$, two real products, half the work of a complex one."""
-    A, c = _chunks(length)
-    o_re, o_im = _powers(lam_bar**c, A)  # (A, H, N)
+    o_re, o_im = tables.outer_re, tables.outer_im
     o_re, o_im = o_re * w.real - o_im * w.imag, o_re * w.imag + o_im * w.real
-    i_re, i_im = _powers(lam_bar, c)  # (c, H, N)
-    sums = jnp.einsum("ahn,bhn->abh", o_re, i_re) - jnp.einsum("ahn,bhn->abh", o_im, i_im)
-    return sums.reshape(A * c, -1)[:length]
+    sums = jnp.einsum("ahn,bhn->abh", o_re, tables.inner_re) - jnp.einsum(
+        "ahn,bhn->abh", o_im, tables.inner_im
+    )  # (A, c, H)
+    return sums.reshape(-1, sums.shape[-1])[:length]
 
 
-def _weighted_powers(
-    v: Float[Array, "L H"], lam_bar: Complex[Array, "H N"]
-) -> Complex[Array, "H N"]:
+def _weighted_powers(v: Float[Array, "L H"], tables: _PowerTables) -> Complex[Array, "H N"]:
     r"""$\sum_l v_{lh} \bar\Lambda_{hn}^l$ for real v, by the same split of the powers as
     `_real_power_sums`."""
     length = v.shape[0]
-    A, c = _chunks(length)
+    A, c = tables.outer_re.shape[0], tables.inner_re.shape[0]
     v = jnp.pad(v, ((0, A * c - length), (0, 0))).reshape(A, c, -1)  # (A, c, H)
-    i_re, i_im = _powers(lam_bar, c)
-    p_re, p_im = jnp.einsum("abh,bhn->ahn", v, i_re), jnp.einsum("abh,bhn->ahn", v, i_im)
-    o_re, o_im = _powers(lam_bar**c, A)
+    p_re = jnp.einsum("abh,bhn->ahn", v, tables.inner_re)
+    p_im = jnp.einsum("abh,bhn->ahn", v, tables.inner_im)
+    o_re, o_im = tables.outer_re, tables.outer_im
     return jax.lax.complex(
         jnp.sum(o_re * p_re - o_im * p_im, axis=0), jnp.sum(o_re * p_im + o_im * p_re, axis=0)
     )
@@ -311,8 +325,7 @@ class S4DLayer(eqx.Module):
             y, final = scan_layer(self.discretisation, lam, B, C, D, base, u, dt, x0)
             return y.astype(real), final
 
-        step = base[None] if dt is None else dt[:, None] * base[None]  # (L or 1, H)
-        lam_bar, B_bar = discretise(lam, B, step[..., None], self.discretisation)
+        lam_bar, B_bar = discretise_steps(lam, B, base, dt, self.discretisation)
         bu = B_bar * u[..., None]  # (L, H, N)
         lam_bar = jnp.broadcast_to(lam_bar, bu.shape)
         # the initial state enters as an extra input to the first step
@@ -324,14 +337,15 @@ class S4DLayer(eqx.Module):
     def _conv(self, u, x0, lam, B, C, D, step):
         L = u.shape[0]
         lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
-        K = 2 * _real_power_sums(C * B_bar, lam_bar, L)  # (L, H)
+        tables = _power_tables(lam_bar, L)  # shared by the kernel, the final state, x0's term
+        K = 2 * _real_power_sums(C * B_bar, tables, L)  # (L, H)
         # zero-padding to 2L makes the FFT's circular convolution the causal one
         spectrum = jnp.fft.rfft(u, n=2 * L, axis=0) * jnp.fft.rfft(K, n=2 * L, axis=0)
         y = jnp.fft.irfft(spectrum, n=2 * L, axis=0)[:L] + D * u
         # x_{L-1} = sum_k Λ̄^{L-1-k} B̄ u_k + Λ̄^L x_{-1}
-        final = B_bar * _weighted_powers(u[::-1], lam_bar)
+        final = B_bar * _weighted_powers(u[::-1], tables)
         if x0 is not None:
-            y = y + 2 * _real_power_sums(C * lam_bar * x0, lam_bar, L)
+            y = y + 2 * _real_power_sums(C * lam_bar * x0, tables, L)
             final = final + jnp.exp(L * jnp.log(lam_bar)) * x0
         return y.astype(u.dtype), final
 
@@ -353,7 +367,7 @@ class S4DLayer(eqx.Module):
         if dt is not None:
             step = step * _check_steps("dt", dt, ()).astype(real)
         lam_bar, B_bar = discretise(lam, B, step[:, None], self.discretisation)
-        return 2 * _real_power_sums(C * B_bar, lam_bar, length)
+        return 2 * _real_power_sums(C * B_bar, _power_tables(lam_bar, length), length)
 
     def step(
         self,
