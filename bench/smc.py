@@ -593,6 +593,9 @@ def parse_args() -> argparse.Namespace:
         default=",".join(LIBRARIES),
         help=f"comma-separated libraries from {','.join(LIBRARIES)} (ours always runs)",
     )
+    parser.add_argument(
+        "--sizes", help=f"comma-separated N of the filter timings (default {SIZES})"
+    )
     parser.add_argument("--no-filter", action="store_true", help="skip the filter timings")
     parser.add_argument("--no-memory", action="store_true", help="skip the N=1e6 memory check")
     parser.add_argument(
@@ -630,6 +633,8 @@ def main() -> None:
     )
     y = simulate(T)
     sizes = SIZES[:1] if args.quick else SIZES
+    if args.sizes:
+        sizes = tuple(int(float(n)) for n in args.sizes.split(","))
     check_n = CHECK_N_QUICK if args.quick else CHECK_N
     all_rows: list[Row] = []
     for num in () if args.no_filter else sizes:

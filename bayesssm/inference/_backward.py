@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from .._types import Array, Float, Int, Key
 from ..ssm import StepInputs
-from ._resampling import cumulative_sum
+from ._resampling import cumulative_sum, draw_from_cumulative, search_sorted
 
 _EXACT_BATCH = 64  # draws computed side by side by the exact kernel: an (64, N) block in flight
 _FALLBACK_CHUNK = 16  # rejected draws redone exactly per pass of the fallback loop
@@ -86,9 +86,8 @@ def sample_log_weights(u: Float[Array, ""], logits: Float[Array, " N"]) -> Int[A
     """The index drawn from unnormalised log-weights by inverse CDF with the uniform u: one
     uniform a draw, where `jax.random.categorical` draws N Gumbel numbers (about 3x the cost)."""
     logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
-    cumulative = jnp.cumsum(jnp.exp(logits - jnp.max(logits)))
-    index = jnp.searchsorted(cumulative, u * cumulative[-1], side="right")
-    return jnp.minimum(index, logits.shape[0] - 1).astype(jnp.int32)
+    cumulative = cumulative_sum(jnp.exp(logits - jnp.max(logits)))
+    return search_sorted(cumulative, u * cumulative[-1], side="right")
 
 
 def transition_log_bound(
@@ -108,11 +107,6 @@ def transition_log_bound(
             "the mode, but the model's transition distribution has no mode(); use the exact "
             "kernel (smoother='ffbs', or backward='exact' in bs.paris)."
         ) from error
-
-
-def _draw_from_cumulative(key: Key, cumulative: Array, num: int) -> Int[Array, " S"]:
-    u = jax.random.uniform(key, (num,), cumulative.dtype) * cumulative[-1]
-    return jnp.minimum(jnp.searchsorted(cumulative, u), cumulative.shape[0] - 1).astype(jnp.int32)
 
 
 def _stage_sizes(num: int) -> list[int]:
@@ -156,7 +150,7 @@ def backward_indices_rejection(
         def trial(inner):
             key, chosen, done, count = inner
             key_propose, key_accept = jax.random.split(jax.random.fold_in(key, count))
-            proposed = _draw_from_cumulative(key_propose, cumulative, size)
+            proposed = draw_from_cumulative(key_propose, cumulative, size)
             log_density = jax.vmap(lambda x, j: model.transition(particles[j], step).log_prob(x))(
                 x, proposed
             )

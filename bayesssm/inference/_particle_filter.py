@@ -140,9 +140,7 @@ def filter_step(
         first_stage, first_total, first_alive = _normalise(log_weights, look)
     else:
         first_stage, first_total, first_alive = log_weights, jnp.zeros((), dtype), True
-    ess = effective_sample_size(first_stage)
     threshold = settings.ess_threshold
-    do_resample = jnp.asarray(threshold >= 1.0) | (ess < threshold * num)
 
     def resampled(_):
         if draws is None:
@@ -154,7 +152,15 @@ def filter_step(
     def kept(_):
         return jnp.arange(num, dtype=jnp.int32), first_stage
 
-    ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
+    if threshold >= 1.0:  # a Python float (`ParticleFilter` passes one)
+        # Resampling at every step needs no branch: on a GPU a device-side conditional waits
+        # for its predicate on the host, once a step.
+        do_resample = jnp.asarray(True)
+        ancestors, log_base = resampled(None)
+    else:
+        ess = effective_sample_size(first_stage)
+        do_resample = ess < threshold * num
+        ancestors, log_base = jax.lax.cond(do_resample, resampled, kept, None)
     moved, increments = settings.proposal.move(
         model, key_move, particles[ancestors], prev_step, obs, draws and draws.noise
     )

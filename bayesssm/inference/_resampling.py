@@ -28,9 +28,15 @@ from ._random import log_unit
 
 
 def cumulative_sum(x: Array) -> Array:
-    """Inclusive prefix sum; an associative scan runs about twice as fast as `jnp.cumsum`
-    (XLA's reduce-window) on CPU at the sizes particle filters use."""
-    return jax.lax.associative_scan(jnp.add, x)
+    """Inclusive prefix sum along the first axis.
+
+    On CPU an associative scan runs about twice as fast as `jnp.cumsum` (XLA's reduce-window
+    there) at the sizes particle filters use; on GPUs `jnp.cumsum` is one library kernel where
+    the scan launches about twenty, and a particle filter's step is bound by launches there.
+    """
+    return jax.lax.platform_dependent(
+        x, cpu=lambda v: jax.lax.associative_scan(jnp.add, v), default=lambda v: jnp.cumsum(v, 0)
+    )
 
 
 def _cumulative_weights(log_weights: Float[Array, " N"]) -> Float[Array, " N"]:
@@ -65,11 +71,23 @@ def stratified(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Ar
     return _indices_from_counts_below(whole + extra.astype(jnp.int32), num)
 
 
-def _search(
-    cumulative: Float[Array, " N"], u: Float[Array, " K"], side: str = "left"
-) -> Int[Array, " K"]:
-    index = jnp.searchsorted(cumulative, u, side=side, method="scan")
-    return jnp.minimum(index, cumulative.shape[0] - 1)
+def search_sorted(
+    cumulative: Float[Array, " N"], u: Float[Array, " *K"], side: str = "left"
+) -> Int[Array, " *K"]:
+    """The index of the first cumulative weight at or above u (above u with side="right"),
+    clipped to the last particle.
+
+    A binary search: on CPU as a loop, elsewhere unrolled, since on GPUs every iteration of a
+    device loop waits for its predicate on the host (JAX's `method="scan_unrolled"`).
+    """
+
+    def search(method):
+        return lambda c, v: jnp.searchsorted(c, v, side=side, method=method)
+
+    index = jax.lax.platform_dependent(
+        cumulative, u, cpu=search("scan"), default=search("scan_unrolled")
+    )
+    return jnp.minimum(index, cumulative.shape[0] - 1).astype(jnp.int32)
 
 
 def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
@@ -85,7 +103,7 @@ def multinomial(u: Float[Array, " N+1"], log_weights: Float[Array, " N"]) -> Int
     # below the total weight (unless the last exponential is 0: probability 2^-52), so searching
     # to the right lands on a particle of positive weight
     sorted_u = partial[:-1] * (cumulative[-1] / partial[-1])
-    return _search(cumulative, sorted_u, side="right")
+    return search_sorted(cumulative, sorted_u, side="right")
 
 
 def residual(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Array, " N"]:
@@ -99,18 +117,22 @@ def residual(u: Float[Array, " N"], log_weights: Float[Array, " N"]) -> Int[Arra
     rest = jnp.maximum(scaled - copies, 0.0)
     num_rest = num - jnp.sum(copies).astype(jnp.int32)
     cumulative_rest = cumulative_sum(rest)
-    drawn = _search(cumulative_rest, u * cumulative_rest[-1])
+    drawn = search_sorted(cumulative_rest, u * cumulative_rest[-1])
     keep = (jnp.arange(num) < num_rest).astype(jnp.int32)
     counts = copies.astype(jnp.int32) + jnp.zeros(num, jnp.int32).at[drawn].add(keep)
     # sum of counts is N; `below` of particle i is the inclusive cumulative count
     return _indices_from_counts_below(cumulative_sum(counts), num)
 
 
+def draw_from_cumulative(key: Key, cumulative: Float[Array, " N"], num: int) -> Int[Array, " S"]:
+    """`num` iid draws from the weights whose running sums are `cumulative`, O(num log N)."""
+    u = jax.random.uniform(key, (num,), cumulative.dtype) * cumulative[-1]
+    return search_sorted(cumulative, u)
+
+
 def draw_indices(key: Key, log_weights: Float[Array, " N"], num: int) -> Int[Array, " S"]:
     """`num` iid draws from normalised log-weights, O(num log N)."""
-    cumulative = cumulative_sum(jnp.exp(log_weights))
-    u = jax.random.uniform(key, (num,), log_weights.dtype) * cumulative[-1]
-    return jnp.minimum(jnp.searchsorted(cumulative, u), log_weights.shape[0] - 1)
+    return draw_from_cumulative(key, cumulative_sum(jnp.exp(log_weights)), num)
 
 
 # Each scheme from its uniforms on [0, 1) (`uniform_shape`): one for systematic resampling, N + 1

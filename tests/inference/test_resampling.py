@@ -24,8 +24,10 @@ import pytest
 
 from bayesssm.inference._resampling import (
     RESAMPLERS,
+    cumulative_sum,
     draw_indices,
     effective_sample_size,
+    search_sorted,
 )
 
 SCHEMES = sorted(RESAMPLERS)
@@ -163,3 +165,21 @@ def test_effective_sample_size():
     np.testing.assert_allclose(effective_sample_size(_log(w)), 1.0 / np.sum(w**2), rtol=1e-12)
     np.testing.assert_allclose(effective_sample_size(jnp.full(N, -jnp.log(N))), N, rtol=1e-12)
     np.testing.assert_allclose(effective_sample_size(_log(np.eye(N)[2])), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32])
+def test_cumulative_sum_matches_numpy(dtype):
+    values = np.random.default_rng(3).integers(0, 50, size=(1000, 3)).astype(dtype)
+    got = np.asarray(cumulative_sum(jnp.asarray(values)))
+    np.testing.assert_array_equal(got, np.cumsum(values, axis=0))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_search_sorted_matches_numpy(side):
+    rng = np.random.default_rng(4)
+    weights = rng.exponential(size=200) * (rng.uniform(size=200) < 0.7)  # zero weights: ties
+    cumulative = np.cumsum(weights)
+    u = np.concatenate([rng.uniform(0, cumulative[-1], 500), cumulative[:20], [cumulative[-1]]])
+    got = np.asarray(search_sorted(jnp.asarray(cumulative), jnp.asarray(u), side=side))
+    expected = np.minimum(np.searchsorted(cumulative, u, side=side), 199)
+    np.testing.assert_array_equal(got, expected)
