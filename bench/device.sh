@@ -31,6 +31,15 @@ bench() {  # bench NAME SECONDS SCRIPT ARGS...
     grep -E "^(N=|T=|D=|##|[|] [0-9])|ours |/ s|sweeps/s|[*][*]|Total wall" "$OUT/$name.txt" | head -60
 }
 
+# First the tests of the code that takes another form off CPU (prefix sums, binary searches):
+# CI has no GPU, so only here do those forms run under the tests.
+echo "== tests (limit ${TESTS_S:-180} s)"
+timeout "${TESTS_S:-180}" $PYTHON -m pytest -q -p no:cacheprovider tests/inference/test_resampling.py \
+    tests/inference/test_particle_filter.py tests/inference/test_particle_gibbs.py \
+    tests/inference/test_random.py >"$OUT/tests.txt" 2>&1
+echo "exit $? after $SECONDS s in all" | tee -a "$OUT/tests.txt"
+tail -3 "$OUT/tests.txt"
+
 # Limits from the first run (docs/benchmarks.md, "GPU"): smc.py without the memory check took
 # about 130 s with particle Gibbs, deep.py 70 s; nonlinear.py at T = 1e4 had not finished its
 # first model in 120 s (its sequential filters are latency-bound there), hence --quick.
