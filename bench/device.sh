@@ -32,7 +32,7 @@ bench() {  # bench NAME SECONDS SCRIPT ARGS...
 }
 
 # First the tests of the code that takes another form off CPU (prefix sums, binary searches):
-# CI has no GPU, so only here do those forms run under the tests.
+# CI tests those forms alone on CPU, but only here do they run inside the particle methods.
 echo "== tests (limit ${TESTS_S:-180} s)"
 timeout "${TESTS_S:-180}" $PYTHON -m pytest -q -p no:cacheprovider tests/inference/test_resampling.py \
     tests/inference/test_particle_filter.py tests/inference/test_particle_gibbs.py \

@@ -26,6 +26,13 @@ import jax.numpy as jnp
 from .._types import Array, Float, Int, Key
 from ._random import log_unit
 
+# The forms each platform uses (tests run both on CPU).
+PREFIX_SUMS: dict[str, Callable[[Array], Array]] = {
+    "cpu": lambda v: jax.lax.associative_scan(jnp.add, v),
+    "default": lambda v: jnp.cumsum(v, 0),
+}
+SEARCH_METHODS = {"cpu": "scan", "default": "scan_unrolled"}
+
 
 def cumulative_sum(x: Array) -> Array:
     """Inclusive prefix sum along the first axis.
@@ -34,9 +41,7 @@ def cumulative_sum(x: Array) -> Array:
     there) at the sizes particle filters use; on GPUs `jnp.cumsum` is one library kernel where
     the scan launches about twenty, and a particle filter's step is bound by launches there.
     """
-    return jax.lax.platform_dependent(
-        x, cpu=lambda v: jax.lax.associative_scan(jnp.add, v), default=lambda v: jnp.cumsum(v, 0)
-    )
+    return jax.lax.platform_dependent(x, **PREFIX_SUMS)
 
 
 def _cumulative_weights(log_weights: Float[Array, " N"]) -> Float[Array, " N"]:
@@ -81,12 +86,11 @@ def search_sorted(
     device loop waits for its predicate on the host (JAX's `method="scan_unrolled"`).
     """
 
-    def search(method):
-        return lambda c, v: jnp.searchsorted(c, v, side=side, method=method)
-
-    index = jax.lax.platform_dependent(
-        cumulative, u, cpu=search("scan"), default=search("scan_unrolled")
-    )
+    searches = {
+        platform: functools.partial(jnp.searchsorted, side=side, method=method)
+        for platform, method in SEARCH_METHODS.items()
+    }
+    index = jax.lax.platform_dependent(cumulative, u, **searches)
     return jnp.minimum(index, cumulative.shape[0] - 1).astype(jnp.int32)
 
 

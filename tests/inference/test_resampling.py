@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from bayesssm.inference._resampling import (
+    PREFIX_SUMS,
     RESAMPLERS,
+    SEARCH_METHODS,
     cumulative_sum,
     draw_indices,
     effective_sample_size,
@@ -167,19 +169,29 @@ def test_effective_sample_size():
     np.testing.assert_allclose(effective_sample_size(_log(np.eye(N)[2])), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("form", ["chosen", *PREFIX_SUMS])
 @pytest.mark.parametrize("dtype", [np.float64, np.int32])
-def test_cumulative_sum_matches_numpy(dtype):
+def test_cumulative_sum_matches_numpy(form, dtype):
+    """The prefix sum this platform uses, and each platform's form (GPUs use "default")."""
+    prefix_sum = cumulative_sum if form == "chosen" else jax.jit(PREFIX_SUMS[form])
     values = np.random.default_rng(3).integers(0, 50, size=(1000, 3)).astype(dtype)
-    got = np.asarray(cumulative_sum(jnp.asarray(values)))
+    got = np.asarray(prefix_sum(jnp.asarray(values)))
     np.testing.assert_array_equal(got, np.cumsum(values, axis=0))
 
 
+@pytest.mark.parametrize("method", [None, *SEARCH_METHODS.values()])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_search_sorted_matches_numpy(side):
+def test_search_sorted_matches_numpy(side, method):
+    """The search this platform uses (None), and each platform's method."""
     rng = np.random.default_rng(4)
     weights = rng.exponential(size=200) * (rng.uniform(size=200) < 0.7)  # zero weights: ties
     cumulative = np.cumsum(weights)
     u = np.concatenate([rng.uniform(0, cumulative[-1], 500), cumulative[:20], [cumulative[-1]]])
-    got = np.asarray(search_sorted(jnp.asarray(cumulative), jnp.asarray(u), side=side))
+    if method is None:
+        got = search_sorted(jnp.asarray(cumulative), jnp.asarray(u), side=side)
+    else:
+        index = jnp.searchsorted(jnp.asarray(cumulative), jnp.asarray(u), side=side, method=method)
+        got = jnp.minimum(index, 199)
+    got = np.asarray(got)
     expected = np.minimum(np.searchsorted(cumulative, u, side=side), 199)
     np.testing.assert_array_equal(got, expected)
