@@ -153,8 +153,8 @@ def filter_step(
         return jnp.arange(num, dtype=jnp.int32), first_stage
 
     if threshold >= 1.0:  # a Python float (`ParticleFilter` passes one)
-        # Resampling at every step needs no branch: on a GPU a device-side conditional waits
-        # for its predicate on the host, once a step.
+        # Resampling at every step needs no branch (a GPU conditional waits for its predicate
+        # on the host each step). XLA folds the always-true one too; this does not rely on it.
         do_resample = jnp.asarray(True)
         ancestors, log_base = resampled(None)
     else:
