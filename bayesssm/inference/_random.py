@@ -5,8 +5,9 @@ loop there, and the uniforms become normals through `erfinv`, whose three polyno
 all evaluated. Here the same Threefry-2x32 block (20 rounds, Salmon et al. 2011; its words match
 `jax.extend.random.threefry_2x32` exactly) is written out as integer arithmetic that XLA
 vectorises, and each normal is $\sqrt{-2 \log U_1} \cos(2 \pi U_2)$ (Box and Muller 1958) with
-a logarithm and a cosine of our own built from exactly known series, so that every operation
-vectorises: about 19 ns a value.
+a logarithm (with no division, see `_reciprocal`) and a cosine of our own built from exactly
+known series, so that every operation vectorises and a block's normals are one fused loop:
+about 9 ns a value.
 
 The draws are exact in the sense `jax.random.normal`'s are: the uniforms carry 52 random bits in
 float64 (23 in float32), and the transform is exact, reaching 8.5 standard deviations in
@@ -97,6 +98,29 @@ def _series(x2: Array, first: int, terms: int) -> Array:
     return total
 
 
+# 1/d on [1 + sqrt(1/2), 1 + sqrt(2)] (log_unit's m + 1) to a relative error of E = 0.015 by
+# the line a - b d that equioscillates at both ends and the middle: b = 2 / (lo hi + (lo + hi)^2
+# / 4), a = b (lo + hi). Each Newton step squares the error: E^16 after four, below float64's
+# rounding (E^8 after three, below float32's).
+_LOW, _HIGH = 1.0 + math.sqrt(0.5), 1.0 + math.sqrt(2.0)
+_SLOPE = 2.0 / (_LOW * _HIGH + (_LOW + _HIGH) ** 2 / 4)
+_INTERCEPT = _SLOPE * (_LOW + _HIGH)
+
+
+def _reciprocal(d: Float[Array, " *S"]) -> Float[Array, " *S"]:
+    """1 / d for d in [1 + sqrt(1/2), 1 + sqrt(2)], by multiplications only.
+
+    XLA's CPU fusion keeps an expensive operation (a division) whose result has several users in
+    a loop of its own, and recomputes the cheap integer work feeding it (here the Threefry bits)
+    in every loop that needs them; without a division the uniforms' bits, the logarithm and the
+    cosine fuse into one vectorised loop (1e6 normals: 8.6 against 12.4 ms on one core).
+    """
+    r = _INTERCEPT - _SLOPE * d
+    for _ in range(4 if d.dtype == jnp.float64 else 3):
+        r = r + r * (1.0 - d * r)
+    return r
+
+
 def log_unit(v: Float[Array, " *S"]) -> Float[Array, " *S"]:
     """log v for normal floats v > 0: v = 2^e m with m in [sqrt(1/2), sqrt(2)), and
     log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its odd series."""
@@ -109,7 +133,7 @@ def log_unit(v: Float[Array, " *S"]) -> Float[Array, " *S"]:
     upper = m > math.sqrt(2.0)
     m = jnp.where(upper, 0.5 * m, m)
     exponent = exponent + upper.astype(jnp.int32)
-    s = (m - 1.0) / (m + 1.0)
+    s = (m - 1.0) * _reciprocal(m + 1.0)
     # the series' tail after `terms` terms is below s^(2 terms) < 0.0295^terms
     series = _series(s * s, -1, 12 if wide else 5)
     return exponent.astype(v.dtype) * math.log(2.0) + 2.0 * s * series

@@ -121,3 +121,13 @@ def test_raw_threefry_keys_are_accepted():
     np.testing.assert_array_equal(
         random.normal(raw, (100,), jnp.float64), random.normal(typed, (100,), jnp.float64)
     )
+
+
+def test_reciprocal_without_division_matches_numpy():
+    # the logarithm's 1 / (m + 1) over its whole range, ends included
+    d = np.concatenate([np.linspace(1 + np.sqrt(0.5), 1 + np.sqrt(2.0), 100_001)])
+    d = np.concatenate([d, np.nextafter(d, 0.0), np.nextafter(d, 4.0)])
+    ours = np.asarray(random._reciprocal(jnp.asarray(d)))
+    np.testing.assert_allclose(ours, 1 / d, rtol=3e-16, atol=0)
+    ours32 = np.asarray(random._reciprocal(jnp.asarray(d, jnp.float32)))
+    np.testing.assert_allclose(ours32, 1 / d.astype(np.float32).astype(np.float64), rtol=2e-7)
