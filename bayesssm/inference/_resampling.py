@@ -26,9 +26,18 @@ import jax.numpy as jnp
 from .._types import Array, Float, Int, Key
 from ._random import log_unit
 
+
+def _cpu_prefix_sum(v: Array) -> Array:
+    # integers: XLA's reduce-window is exact and one kernel (a filter step at N = 1000 runs
+    # ~0.5 us faster); floats: the associative scan, twice as fast as reduce-window there
+    if jnp.issubdtype(v.dtype, jnp.integer):
+        return jnp.cumsum(v, 0)
+    return jax.lax.associative_scan(jnp.add, v)
+
+
 # The forms each platform uses (tests run both on CPU).
 PREFIX_SUMS: dict[str, Callable[[Array], Array]] = {
-    "cpu": lambda v: jax.lax.associative_scan(jnp.add, v),
+    "cpu": _cpu_prefix_sum,
     "default": lambda v: jnp.cumsum(v, 0),
 }
 SEARCH_METHODS = {"cpu": "scan", "default": "scan_unrolled"}
@@ -38,8 +47,9 @@ def cumulative_sum(x: Array) -> Array:
     """Inclusive prefix sum along the first axis.
 
     On CPU an associative scan runs about twice as fast as `jnp.cumsum` (XLA's reduce-window
-    there) at the sizes particle filters use; on GPUs `jnp.cumsum` is one library kernel where
-    the scan launches about twenty, and a particle filter's step is bound by launches there.
+    there) on floats at the sizes particle filters use; on GPUs `jnp.cumsum` is one library
+    kernel where the scan launches about twenty, and a particle filter's step is bound by
+    launches there.
     """
     return jax.lax.platform_dependent(x, **PREFIX_SUMS)
 
