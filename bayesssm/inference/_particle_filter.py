@@ -1,9 +1,10 @@
 r"""The particle filter's loop: a `lax.scan` over time, every operation in log-space.
 
 The randomness of a block of steps (the resampling uniforms, and the standard normals of
-proposals that move by loc + scale z) is drawn in one vectorised pass before the block's steps
-are scanned over it (`_scan_in_blocks`): drawn inside each step it cost over half the filter's
-time on CPU (docs/benchmarks.md).
+proposals that move by loc + scale z, as Box-Muller pairs that each step turns into its
+normals) is drawn in one vectorised pass before the block's steps are scanned over it
+(`_scan_in_blocks`): drawn inside each step it cost over half the filter's time on CPU
+(docs/benchmarks.md).
 
 At step t the previous normalised log-weights $\log W_{t-1}^i$ get the auxiliary first-stage
 weights $\log \eta^i$ (zero without look-ahead); the particles are resampled from
@@ -214,7 +215,8 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
     if num_steps == 0:  # a single observation: no moves
         return jax.lax.scan(lambda c, x: step(c, (x, None)), carry0, xs)
     u_shape = uniform_shape(settings.resampling, num)
-    per_step = math.prod(u_shape) + (0 if noise_shape is None else num * math.prod(noise_shape))
+    noise_size = 0 if noise_shape is None else num * math.prod(noise_shape)
+    per_step = math.prod(u_shape) + noise_size
     num_blocks, block = _blocks(num_steps, per_step)
     pad = num_blocks * block - num_steps
 
@@ -224,8 +226,11 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
         return a.reshape(num_blocks, block, *a.shape[1:])
 
     def inner(carry, args):
-        x, draws, valid = args
-        new_carry, out = step(carry, (x, draws))
+        x, (uniforms, pairs), valid = args
+        noise = None
+        if pairs is not None:  # this step's normals from its Box-Muller pairs
+            noise = random.from_polar(*pairs)[:noise_size].reshape(num, *noise_shape)
+        new_carry, out = step(carry, (x, StepDraws(uniforms, noise)))
         if pad:
             new_carry = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
         return new_carry, out
@@ -234,10 +239,10 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
         block_key, x, valid = args
         key_uniform, key_noise = jax.random.split(block_key)
         uniforms = random.uniform(key_uniform, (block, *u_shape), dtype)
-        noise = None
+        pairs = None
         if noise_shape is not None:
-            noise = random.normal(key_noise, (block, num, *noise_shape), dtype)
-        return jax.lax.scan(inner, carry, (x, StepDraws(uniforms, noise), valid))
+            pairs = random.polar(key_noise, (block, -(-noise_size // 2)), dtype)
+        return jax.lax.scan(inner, carry, (x, (uniforms, pairs), valid))
 
     valid = (jnp.arange(num_blocks * block) < num_steps).reshape(num_blocks, block)
     block_keys = jax.random.split(key, num_blocks)

@@ -47,13 +47,28 @@ def test_log_matches_numpy():
     np.testing.assert_allclose(ours32, np.log(grid32.astype(np.float64)), rtol=3e-7, atol=2e-7)
 
 
-def test_cosine_matches_numpy():
+def test_cosine_and_sine_match_numpy():
     u = np.concatenate([np.linspace(0.0, 1.0, 400_001)[:-1], np.arange(8) / 8, [1 - 2.0**-52]])
-    ours = np.asarray(random.cos_turns(jnp.asarray(u)))
-    np.testing.assert_allclose(ours, np.cos(2 * np.pi * u), rtol=0, atol=1e-15)
-    ours32 = np.asarray(random.cos_turns(jnp.asarray(u, jnp.float32)))
-    exact32 = np.cos(2 * np.pi * u.astype(np.float32).astype(np.float64))
-    np.testing.assert_allclose(ours32, exact32, rtol=0, atol=3e-7)
+    cos, sin = (np.asarray(v) for v in random.cos_sin_turns(jnp.asarray(u)))
+    np.testing.assert_allclose(cos, np.cos(2 * np.pi * u), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sin, np.sin(2 * np.pi * u), rtol=0, atol=1e-15)
+    u32 = u.astype(np.float32)
+    cos32, sin32 = (np.asarray(v) for v in random.cos_sin_turns(jnp.asarray(u32)))
+    angle32 = 2 * np.pi * u32.astype(np.float64)
+    np.testing.assert_allclose(cos32, np.cos(angle32), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(sin32, np.sin(angle32), rtol=0, atol=3e-7)
+
+
+def test_pairs_make_their_normals():
+    radius, turns = random.polar(jax.random.key(6), (3, 5), jnp.float64)
+    assert radius.shape == turns.shape == (3, 5)
+    z = np.asarray(random.from_polar(radius, turns))
+    r, t = np.asarray(radius).ravel(), np.asarray(turns).ravel()
+    np.testing.assert_allclose(
+        z, np.concatenate([r * np.cos(2 * np.pi * t), r * np.sin(2 * np.pi * t)]), atol=1e-15
+    )
+    # odd sizes drop the last sine
+    assert random.normal(jax.random.key(6), (7,), jnp.float64).shape == (7,)
 
 
 def _chi_square_p(values: np.ndarray, edges: np.ndarray, cdf) -> float:
@@ -81,6 +96,10 @@ def test_normal_distribution(dtype):
 def test_draws_are_uncorrelated():
     key = jax.random.key(1)
     z = np.asarray(random.normal(key, (SIZE,), jnp.float64))
+    # the two normals of a pair (cosine and sine halves) are independent
+    half = SIZE // 2
+    assert abs(np.corrcoef(z[:half], z[half:])[0, 1]) < 3.5 / np.sqrt(half)
+    assert abs(np.corrcoef(z[:half] ** 2, z[half:] ** 2)[0, 1]) < 3.5 / np.sqrt(half)
     child = np.asarray(random.normal(jax.random.split(key)[0], (SIZE,), jnp.float64))
     u = np.asarray(random.uniform(key, (SIZE,), jnp.float64))
     bound = 3.5 / np.sqrt(SIZE)
@@ -113,6 +132,11 @@ def test_other_key_implementations_fall_back_to_jax_random():
     np.testing.assert_array_equal(z, jax.random.normal(key, (1000,), jnp.float64))
     u = random.uniform(key, (10,), jnp.float32)
     np.testing.assert_array_equal(u, jax.random.uniform(key, (10,), jnp.float32))
+    # pairs for the particle filter: from jax.random's uniforms, normal in law
+    z = np.asarray(random.from_polar(*random.polar(key, (SIZE // 2,), jnp.float64)))
+    inner = scipy.stats.norm.ppf(np.linspace(0, 1, 101)[1:-1])
+    edges = np.concatenate([[-np.inf, -4.0], inner, [4.0, np.inf]])
+    assert _chi_square_p(z, edges, scipy.stats.norm.cdf) > LEVEL
 
 
 def test_raw_threefry_keys_are_accepted():
