@@ -146,7 +146,7 @@ def draw_from_cumulative(key: Key, cumulative: Float[Array, " N"], num: int) -> 
 
 def draw_indices(key: Key, log_weights: Float[Array, " N"], num: int) -> Int[Array, " S"]:
     """`num` iid draws from normalised log-weights, O(num log N)."""
-    return draw_from_cumulative(key, cumulative_sum(jnp.exp(log_weights)), num)
+    return draw_from_cumulative(key, _cumulative_weights(log_weights), num)
 
 
 # Each scheme from its uniforms on [0, 1) (`uniform_shape`): one for systematic resampling, N + 1
