@@ -1,10 +1,9 @@
 r"""The particle filter's loop: a `lax.scan` over time, every operation in log-space.
 
 The randomness of a block of steps (the resampling uniforms, and the standard normals of
-proposals that move by loc + scale z, as Box-Muller pairs that each step turns into its
-normals) is drawn in one vectorised pass before the block's steps are scanned over it
-(`_scan_in_blocks`): drawn inside each step it cost over half the filter's time on CPU
-(docs/benchmarks.md).
+proposals that move by loc + scale z, from Box-Muller pairs drawn one block ahead) is drawn in
+vectorised passes before the block's steps are scanned over it (`_scan_in_blocks`): drawn
+inside each step it cost over half the filter's time on CPU (docs/benchmarks.md).
 
 At step t the previous normalised log-weights $\log W_{t-1}^i$ get the auxiliary first-stage
 weights $\log \eta^i$ (zero without look-ahead); the particles are resampled from
@@ -209,7 +208,14 @@ def _blocks(num_steps: int, per_step: int) -> tuple[int, int]:
 def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape, dtype):
     """`lax.scan(step, carry0, xs)` with `step(carry, (x, draws))`, the `StepDraws` of a block
     of steps drawn at once. Steps past the end (padding of the last block) leave the carry as
-    it is, and their outputs are dropped."""
+    it is, and their outputs are dropped.
+
+    A block's Box-Muller pairs are drawn during the block before (and carried), so that they
+    reach the block materialised and its normals are one vectorised loop of one series each:
+    drawn and used in the same block, XLA fuses the angles' Threefry bits into that loop and
+    computes them twice a pair (filter N = 1000 on CPU: ~10% slower). The last block draws one
+    block of pairs that goes unused.
+    """
     num = settings.num_particles
     num_steps = jax.tree.leaves(xs)[0].shape[0]
     if num_steps == 0:  # a single observation: no moves
@@ -225,28 +231,37 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
             a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
         return a.reshape(num_blocks, block, *a.shape[1:])
 
+    def pairs_for(block_key):
+        if noise_shape is None:
+            return None
+        return random.polar(block_key, (block, -(-noise_size // 2)), dtype)
+
     def inner(carry, args):
-        x, (uniforms, pairs), valid = args
-        noise = None
-        if pairs is not None:  # this step's normals from its Box-Muller pairs
-            noise = random.from_polar(*pairs)[:noise_size].reshape(num, *noise_shape)
+        x, (uniforms, noise), valid = args
+        if noise is not None:
+            noise = noise.reshape(num, *noise_shape)
         new_carry, out = step(carry, (x, StepDraws(uniforms, noise)))
         if pad:
             new_carry = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
         return new_carry, out
 
-    def outer(carry, args):
-        block_key, x, valid = args
-        key_uniform, key_noise = jax.random.split(block_key)
-        uniforms = random.uniform(key_uniform, (block, *u_shape), dtype)
-        pairs = None
-        if noise_shape is not None:
-            pairs = random.polar(key_noise, (block, -(-noise_size // 2)), dtype)
-        return jax.lax.scan(inner, carry, (x, (uniforms, pairs), valid))
+    def outer(carry_and_pairs, args):
+        carry, pairs = carry_and_pairs
+        uniform_key, next_pairs_key, x, valid = args
+        uniforms = random.uniform(uniform_key, (block, *u_shape), dtype)
+        noise = None if pairs is None else random.from_polar(*pairs)[:, :noise_size]
+        carry, outs = jax.lax.scan(inner, carry, (x, (uniforms, noise), valid))
+        return (carry, pairs_for(next_pairs_key)), outs
 
     valid = (jnp.arange(num_blocks * block) < num_steps).reshape(num_blocks, block)
-    block_keys = jax.random.split(key, num_blocks)
-    carry, outs = jax.lax.scan(outer, carry0, (block_keys, jax.tree.map(blocked, xs), valid))
+    key_uniforms, key_pairs = jax.random.split(key)
+    uniform_keys = jax.random.split(key_uniforms, num_blocks)
+    pairs_keys = jax.random.split(key_pairs, num_blocks + 1)
+    (carry, _), outs = jax.lax.scan(
+        outer,
+        (carry0, pairs_for(pairs_keys[0])),
+        (uniform_keys, pairs_keys[1:], jax.tree.map(blocked, xs), valid),
+    )
     outs = jax.tree.map(lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_steps], outs)
     return carry, outs
 

@@ -6,8 +6,8 @@ all evaluated. Here the same Threefry-2x32 block (20 rounds, Salmon et al. 2011;
 `jax.extend.random.threefry_2x32` exactly) is written out as integer arithmetic that XLA
 vectorises, and each pair of normals is $\sqrt{-2 \log U_1}$ times the cosine and the sine of
 $2 \pi U_2$ (Box and Muller 1958), with a logarithm (with no division, see `_reciprocal`) and a
-cosine and sine of our own built from exactly known series, so that every operation vectorises
-and a block's radii and angles are one fused loop each (one Threefry block per normal).
+cosine of our own built from exactly known series, so that every operation vectorises and a
+block's radii and angles are one fused loop each (one Threefry block per normal).
 
 The draws are exact in the sense `jax.random.normal`'s are: the uniforms carry 52 random bits in
 float64 (23 in float32), and the transform is exact, reaching 8.5 standard deviations in
@@ -140,26 +140,19 @@ def log_unit(v: Float[Array, " *S"]) -> Float[Array, " *S"]:
     return exponent.astype(v.dtype) * math.log(2.0) + 2.0 * s * series
 
 
-def cos_sin_turns(u: Float[Array, " *S"]) -> tuple[Float[Array, " *S"], Float[Array, " *S"]]:
-    """(cos(2 pi u), sin(2 pi u)) for u in [0, 1).
+def cos_quarter_turns(v: Float[Array, " *S"]) -> Float[Array, " *S"]:
+    """cos(pi v / 2) for |v| < 2^30.
 
-    4u splits exactly into a quadrant q = round(4u) and a remainder f in [-1/2, 1/2], so the
-    angle f pi / 2 lies in [-pi/4, pi/4], where 11 Taylor terms of sine and cosine leave an
-    error below 1e-19.
+    v splits exactly into 2 j + f with j = round(v / 2) and f in [-1, 1], and
+    cos(pi v / 2) = (-1)^j cos(pi f / 2), where 12 Taylor terms (7 in float32) leave an error
+    below 1e-19 (1e-8). One series per value: the sine of a Box-Muller pair is the cosine a
+    quarter turn earlier (`from_polar`).
     """
-    scaled = 4.0 * u
-    quadrant = jnp.round(scaled)
-    x = (scaled - quadrant) * (math.pi / 2)
-    x2 = x * x
-    terms = 11 if u.dtype == jnp.float64 else 6
-    q = quadrant.astype(jnp.int32) & 3
-    cosine = _series(x2, 0, terms)
-    sine = x * _series(x2, 1, terms)
-    # cos and sin of q pi/2 + x for q = 0, 1, 2, 3
-    even = (q & 1) == 0
-    cos = jnp.where(even, jnp.where(q == 0, cosine, -cosine), jnp.where(q == 1, -sine, sine))
-    sin = jnp.where(even, jnp.where(q == 0, sine, -sine), jnp.where(q == 1, cosine, -cosine))
-    return cos, sin
+    j = jnp.round(0.5 * v)
+    x = (v - 2.0 * j) * (math.pi / 2)
+    cosine = _series(x * x, 0, 12 if v.dtype == jnp.float64 else 7)
+    odd = (j.astype(jnp.int32) & 1) == 1
+    return jnp.where(odd, -cosine, cosine)
 
 
 def uniform(key: Key, shape: tuple[int, ...], dtype) -> Float[Array, " *S"]:
@@ -175,10 +168,10 @@ def polar(
 ) -> tuple[Float[Array, " *S"], Float[Array, " *S"]]:
     """Box-Muller pairs of the given shape: radii sqrt(-2 log U1) and angles U2 in turns.
 
-    `from_polar` makes two independent standard normals of each pair. Kept apart, a block's
-    radii and angles are each one fused loop that XLA materialises, and a step makes its normals
-    from them: forming the normals here would recompute a pair's bits for each of its two
-    normals, since XLA's CPU backend has no multi-output fusion.
+    `from_polar` makes two independent standard normals of each pair. The radii and the angles
+    are each one vectorised loop; XLA's CPU backend has no multi-output fusion, so the normals
+    should be formed from materialised pairs (the particle filter draws them a block ahead),
+    or a pair's bits are computed once for each of its two normals.
     """
     count = math.prod(shape)
     words = _threefry_key(key)
@@ -193,10 +186,17 @@ def polar(
     return radius.reshape(shape), u_angle.reshape(shape)
 
 
-def from_polar(radius: Float[Array, " *P"], turns: Float[Array, " *P"]) -> Float[Array, " 2P"]:
-    """The two normals of each pair, flat: every r cos(2 pi t), then every r sin(2 pi t)."""
-    cos, sin = cos_sin_turns(turns)
-    return jnp.concatenate([(radius * cos).ravel(), (radius * sin).ravel()])
+def from_polar(
+    radius: Float[Array, "*B P"], turns: Float[Array, "*B P"]
+) -> Float[Array, "*B 2P"]:
+    """The two normals of each pair, by rows: each row's r cos(2 pi t), then its r sin(2 pi t).
+
+    Both are cosines, cos(2 pi t - k pi / 2) for k = 0, 1, so every normal is one series over
+    a (2, P) grid, with no concatenation (which XLA's CPU backend does not vectorise).
+    """
+    quarter = jnp.arange(2, dtype=turns.dtype)[:, None]
+    z = radius[..., None, :] * cos_quarter_turns(4.0 * turns[..., None, :] - quarter)
+    return z.reshape(*radius.shape[:-1], 2 * radius.shape[-1])
 
 
 def normal(key: Key, shape: tuple[int, ...], dtype) -> Float[Array, " *S"]:

@@ -47,26 +47,30 @@ def test_log_matches_numpy():
     np.testing.assert_allclose(ours32, np.log(grid32.astype(np.float64)), rtol=3e-7, atol=2e-7)
 
 
-def test_cosine_and_sine_match_numpy():
+def test_cosine_of_quarter_turns_matches_numpy():
+    # the range the filter uses (4 u - k for u in [0, 1), k = 0, 1), its ends and the quadrants
     u = np.concatenate([np.linspace(0.0, 1.0, 400_001)[:-1], np.arange(8) / 8, [1 - 2.0**-52]])
-    cos, sin = (np.asarray(v) for v in random.cos_sin_turns(jnp.asarray(u)))
-    np.testing.assert_allclose(cos, np.cos(2 * np.pi * u), rtol=0, atol=1e-15)
-    np.testing.assert_allclose(sin, np.sin(2 * np.pi * u), rtol=0, atol=1e-15)
-    u32 = u.astype(np.float32)
-    cos32, sin32 = (np.asarray(v) for v in random.cos_sin_turns(jnp.asarray(u32)))
-    angle32 = 2 * np.pi * u32.astype(np.float64)
-    np.testing.assert_allclose(cos32, np.cos(angle32), rtol=0, atol=3e-7)
-    np.testing.assert_allclose(sin32, np.sin(angle32), rtol=0, atol=3e-7)
+    v = np.concatenate([4 * u, 4 * u - 1])
+    ours = np.asarray(random.cos_quarter_turns(jnp.asarray(v)))
+    np.testing.assert_allclose(ours, np.cos(np.pi / 2 * v), rtol=0, atol=1e-15)
+    # the quarter turns, where the reduction changes sign
+    quarters = np.arange(-1.0, 4.0)
+    np.testing.assert_allclose(
+        random.cos_quarter_turns(jnp.asarray(quarters)), [0, 1, 0, -1, 0], rtol=0, atol=1e-16
+    )
+    v32 = v.astype(np.float32)
+    ours32 = np.asarray(random.cos_quarter_turns(jnp.asarray(v32)))
+    np.testing.assert_allclose(ours32, np.cos(np.pi / 2 * v32.astype(np.float64)), atol=3e-7)
 
 
 def test_pairs_make_their_normals():
     radius, turns = random.polar(jax.random.key(6), (3, 5), jnp.float64)
     assert radius.shape == turns.shape == (3, 5)
     z = np.asarray(random.from_polar(radius, turns))
-    r, t = np.asarray(radius).ravel(), np.asarray(turns).ravel()
-    np.testing.assert_allclose(
-        z, np.concatenate([r * np.cos(2 * np.pi * t), r * np.sin(2 * np.pi * t)]), atol=1e-15
-    )
+    r, t = np.asarray(radius), np.asarray(turns)
+    # by rows: each row's cosines, then its sines; radii below 8.5 times the cosine's 1e-15
+    expected = np.concatenate([r * np.cos(2 * np.pi * t), r * np.sin(2 * np.pi * t)], axis=1)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-14)
     # odd sizes drop the last sine
     assert random.normal(jax.random.key(6), (7,), jnp.float64).shape == (7,)
 
