@@ -186,9 +186,7 @@ def polar(
     return radius.reshape(shape), u_angle.reshape(shape)
 
 
-def from_polar(
-    radius: Float[Array, "*B P"], turns: Float[Array, "*B P"]
-) -> Float[Array, "*B 2P"]:
+def from_polar(radius: Float[Array, "*B P"], turns: Float[Array, "*B P"]) -> Float[Array, "*B 2P"]:
     """The two normals of each pair, by rows: each row's r cos(2 pi t), then its r sin(2 pi t).
 
     Both are cosines, cos(2 pi t - k pi / 2) for k = 0, 1, so every normal is one series over
