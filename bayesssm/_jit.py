@@ -17,9 +17,12 @@ except ImportError:  # pragma: no cover - a JAX without it just loses the compil
 
 
 # XLA's newer CPU fusion emitters compile our programs 2 to 2.5x more slowly for the same run time
-# (parallel filter at T = 1e4 on one core: 2.7 s -> 1.2 s; the run stays at 4.8 ms). The option
-# is per compilation, so nothing global changes, and only XLA's CPU backend reads it.
-_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# (parallel filter at T = 1e4 on one core: 2.7 s -> 1.2 s; the run stays at 4.8 ms). XLA asks
+# LLVM for 256-bit vectors by default; where the CPU has 512-bit ones (AVX-512), preferring them
+# makes the particle filter's vectorised loops (random numbers, weights) about 20% faster
+# (N = 1000: 18.7 -> 14.6 ms); on CPUs without them the preference changes nothing. The options
+# are per compilation, so nothing global changes, and only XLA's CPU backend reads them.
+_CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_prefer_vector_width": 512}
 
 
 def filter_jit(fn: Callable) -> Callable:
