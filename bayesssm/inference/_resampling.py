@@ -26,18 +26,36 @@ import jax.numpy as jnp
 from .._types import Array, Float, Int, Key
 from ._random import log_unit
 
+_PREFIX_BLOCK = 8
 
-def _cpu_prefix_sum(v: Array) -> Array:
-    # integers: XLA's reduce-window is exact and one kernel (a filter step at N = 1000 runs
-    # ~0.5 us faster); floats: the associative scan, twice as fast as reduce-window there
-    if jnp.issubdtype(v.dtype, jnp.integer):
+
+def _blocked_prefix_sum(v: Array) -> Array:
+    """Inclusive prefix sum along axis 0, in blocks of 8: each block's own prefix sum plus the
+    sum of the blocks before it, itself a blocked prefix sum of the blocks' totals.
+
+    XLA's CPU backend runs a reduce-window over 8 values as one vectorised loop, so a level costs
+    about three small kernels and N values take log_8 N levels, where `jnp.cumsum` splits into
+    tiers of 16 whose loops are not vectorised, and an associative scan launches about two
+    kernels per halving (a particle filter with systematic resampling, T = 1000, on one core:
+    14.2 -> 11.3 ms at N = 1000, 1.71 -> 0.92 s at N = 1e5).
+    """
+    num = v.shape[0]
+    if num <= _PREFIX_BLOCK:
         return jnp.cumsum(v, 0)
-    return jax.lax.associative_scan(jnp.add, v)
+    blocks = -(-num // _PREFIX_BLOCK)
+    rest = [(0, 0)] * (v.ndim - 1)
+    padded = jnp.pad(v, [(0, blocks * _PREFIX_BLOCK - num), *rest])
+    within = jnp.cumsum(padded.reshape(blocks, _PREFIX_BLOCK, *v.shape[1:]), axis=1)
+    totals = within[:, -1]
+    # the blocks before each: inclusive minus its own (shifting by a pad instead makes XLA
+    # fuse the levels into loops it does not vectorise, and the filter above 20% slower)
+    before = _blocked_prefix_sum(totals) - totals
+    return (within + before[:, None]).reshape(blocks * _PREFIX_BLOCK, *v.shape[1:])[:num]
 
 
 # The forms each platform uses (tests run both on CPU).
 PREFIX_SUMS: dict[str, Callable[[Array], Array]] = {
-    "cpu": _cpu_prefix_sum,
+    "cpu": _blocked_prefix_sum,
     "default": lambda v: jnp.cumsum(v, 0),
 }
 SEARCH_METHODS = {"cpu": "scan", "default": "scan_unrolled"}
@@ -46,10 +64,9 @@ SEARCH_METHODS = {"cpu": "scan", "default": "scan_unrolled"}
 def cumulative_sum(x: Array) -> Array:
     """Inclusive prefix sum along the first axis.
 
-    On CPU an associative scan runs about twice as fast as `jnp.cumsum` (XLA's reduce-window
-    there) on floats at the sizes particle filters use; on GPUs `jnp.cumsum` is one library
-    kernel where the scan launches about twenty, and a particle filter's step is bound by
-    launches there.
+    On CPU in blocks of 8 (`_blocked_prefix_sum`); on GPUs `jnp.cumsum` is one library kernel
+    where a blocked or associative scan launches several, and a particle filter's step is bound
+    by launches there.
     """
     return jax.lax.platform_dependent(x, **PREFIX_SUMS)
 

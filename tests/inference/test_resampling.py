@@ -171,10 +171,12 @@ def test_effective_sample_size():
 
 @pytest.mark.parametrize("form", ["chosen", *PREFIX_SUMS])
 @pytest.mark.parametrize("dtype", [np.float64, np.int32])
-def test_cumulative_sum_matches_numpy(form, dtype):
-    """The prefix sum this platform uses, and each platform's form (GPUs use "default")."""
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 64, 1000, 4099])
+def test_cumulative_sum_matches_numpy(form, dtype, size):
+    """The prefix sum this platform uses, and each platform's form (GPUs use "default"), at
+    sizes below, at and across the CPU form's blocks of 8 and their levels."""
     prefix_sum = cumulative_sum if form == "chosen" else jax.jit(PREFIX_SUMS[form])
-    values = np.random.default_rng(3).integers(0, 50, size=(1000, 3)).astype(dtype)
+    values = np.random.default_rng(3).integers(0, 50, size=(size, 3)).astype(dtype)
     got = np.asarray(prefix_sum(jnp.asarray(values)))
     np.testing.assert_array_equal(got, np.cumsum(values, axis=0))
 
