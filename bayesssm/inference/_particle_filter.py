@@ -237,10 +237,8 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
         return random.polar(block_key, (block, -(-noise_size // 2)), dtype)
 
     def inner(carry, args):
-        x, (uniforms, noise), valid = args
-        if noise is not None:
-            noise = noise.reshape(num, *noise_shape)
-        new_carry, out = step(carry, (x, StepDraws(uniforms, noise)))
+        x, draws, valid = args
+        new_carry, out = step(carry, (x, draws))
         if pad:
             new_carry = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_carry, carry)
         return new_carry, out
@@ -249,8 +247,10 @@ def _scan_in_blocks(step, carry0, xs, key: Key, settings: Settings, noise_shape,
         carry, pairs = carry_and_pairs
         uniform_key, next_pairs_key, x, valid = args
         uniforms = random.uniform(uniform_key, (block, *u_shape), dtype)
-        noise = None if pairs is None else random.from_polar(*pairs)[:, :noise_size]
-        carry, outs = jax.lax.scan(inner, carry, (x, (uniforms, noise), valid))
+        noise = None
+        if pairs is not None:
+            noise = random.from_polar(*pairs)[:, :noise_size].reshape(block, num, *noise_shape)
+        carry, outs = jax.lax.scan(inner, carry, (x, StepDraws(uniforms, noise), valid))
         return (carry, pairs_for(next_pairs_key)), outs
 
     valid = (jnp.arange(num_blocks * block) < num_steps).reshape(num_blocks, block)
